@@ -1,0 +1,3 @@
+from invigilator.cli import main
+
+main()

@@ -1,0 +1,62 @@
+"""Settings, from the environment only (`DATABASE_URL`, `INVIGILATOR_*`), via pydantic-settings."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated
+
+import platformdirs
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from invigilator.domain import Policy, TabClosePolicy
+
+
+def _default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("invigilator"))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INVIGILATOR_", extra="ignore")
+
+    # No DATABASE_URL: an embedded PostgreSQL in `data_dir` (db/embedded.py).
+    database_url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DATABASE_URL", "INVIGILATOR_DATABASE_URL")
+    )
+    data_dir: Path = Field(default_factory=_default_data_dir)
+
+    # Timing rules (seconds); see domain.Policy.
+    abandon_after_seconds: float = Field(default=300, gt=0)
+    deadline_grace_seconds: float = Field(default=0, ge=0)
+    tab_close_grace_seconds: float = Field(default=60, ge=0)
+    tab_close_policy: TabClosePolicy = TabClosePolicy.SUBMIT
+    heartbeat_interval_seconds: float = Field(default=15, gt=0)
+
+    # Database pool and timeouts.
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=10, ge=1)
+    db_connect_timeout_seconds: float = Field(default=5, gt=0)
+    statement_timeout_ms: int = Field(default=10_000, ge=0)
+
+    # Staff and candidate credentials (api): never logged, never echoed.
+    secret_key: SecretStr | None = None
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    def policy(self) -> Policy:
+        return Policy(
+            abandon_after=timedelta(seconds=self.abandon_after_seconds),
+            deadline_grace=timedelta(seconds=self.deadline_grace_seconds),
+            tab_close_grace=timedelta(seconds=self.tab_close_grace_seconds),
+            tab_close_policy=self.tab_close_policy,
+            heartbeat_interval=timedelta(seconds=self.heartbeat_interval_seconds),
+        )
+
+    @field_validator("admin_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        """Comma-separated in the environment: `INVIGILATOR_ADMIN_KEYS=key1,key2`."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

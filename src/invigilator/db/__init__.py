@@ -1,0 +1,1 @@
+"""Database plumbing: choosing and starting a database, migrations, verification, checks."""

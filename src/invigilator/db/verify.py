@@ -1,0 +1,168 @@
+"""`invigilator db verify`: the setup guide's "Verify Table Creation" checks, as a report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from invigilator import sql
+from invigilator.db import migrate
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+#: column -> (information_schema data_type, is_nullable). candidate_id follows candidate's key.
+EXPECTED_COLUMNS: dict[str, tuple[str, str]] = {
+    "candidate_id": ("character varying|uuid", "NO"),
+    "test_start_time": ("timestamp with time zone", "NO"),
+    "test_duration_minutes": ("integer", "NO"),
+    "last_heartbeat": ("timestamp with time zone", "YES"),
+    "last_activity": ("timestamp with time zone", "YES"),
+    "status": ("character varying", "NO"),
+    "completion_method": ("character varying", "YES"),
+    "completed_at": ("timestamp with time zone", "YES"),
+    "sections_completed": ("jsonb", "NO"),
+    "pending_answers": ("jsonb", "NO"),
+    "created_at": ("timestamp with time zone", "NO"),
+    "updated_at": ("timestamp with time zone", "NO"),
+    "extra_minutes": ("integer", "NO"),
+    "deadline": ("timestamp with time zone", "NO"),
+    "tab_closed_at": ("timestamp with time zone", "YES"),
+    "answer_seq": ("jsonb", "NO"),
+    "planned_sections": ("jsonb", "YES"),
+}
+
+EXPECTED_INDEXES = {
+    "test_session_pkey": "",
+    "idx_test_session_status": "(status)",
+    "idx_test_session_last_heartbeat": "USING brin (last_heartbeat)",
+    "idx_test_session_test_start_time": "(test_start_time)",
+    "idx_test_session_active": "WHERE ((status)::text = 'active'::text)",
+}
+
+#: trigger -> the events it fires on (information_schema.triggers, one row per event).
+EXPECTED_TRIGGERS = {
+    "test_session_updated_at": {"UPDATE"},
+    "test_session_deadline": {"INSERT", "UPDATE"},
+}
+
+EXPECTED_CONSTRAINTS = {
+    "test_session_pkey": "p",
+    "test_session_candidate_fk": "f",
+    "test_session_status_check": "c",
+    "test_session_completion_method_check": "c",
+    "test_session_status_method_check": "c",
+    "test_session_duration_range": "c",
+    "test_session_extra_minutes_range": "c",
+    "test_session_sections_is_array": "c",
+    "test_session_answers_is_object": "c",
+    "test_session_answer_seq_is_object": "c",
+    "test_session_planned_sections_is_array": "c",
+}
+
+
+def verify(conn: psycopg.Connection[Any]) -> list[Check]:
+    checks: list[Check] = []
+
+    # -- Check if table exists (the guide's first query)
+    exists = conn.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_name = 'test_session'"
+    ).fetchall()
+    checks.append(Check("table test_session exists", bool(exists)))
+    if not exists:
+        return checks
+
+    # -- View table structure
+    columns = {
+        name: (data_type, nullable)
+        for name, data_type, nullable in conn.execute(
+            "SELECT column_name, data_type, is_nullable FROM information_schema.columns "
+            "WHERE table_name = 'test_session' ORDER BY ordinal_position"
+        ).fetchall()
+    }
+    for name, (want_type, want_null) in EXPECTED_COLUMNS.items():
+        got = columns.get(name)
+        ok = got is not None and got[0] in want_type.split("|") and got[1] == want_null
+        detail = "missing" if got is None else f"{got[0]}, nullable={got[1]}"
+        if not ok and got is not None:
+            detail += f" (want {want_type.replace('|', ' or ')}, nullable={want_null})"
+        checks.append(Check(f"column {name}", ok, detail))
+
+    # -- Check indexes
+    indexes = dict(
+        conn.execute(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'test_session'"
+        ).fetchall()
+    )
+    for name, fragment in EXPECTED_INDEXES.items():
+        definition = indexes.get(name)
+        ok = definition is not None and fragment in definition
+        checks.append(Check(f"index {name}", ok, definition or "missing"))
+
+    # -- Check triggers
+    triggers: dict[str, set[str]] = {}
+    for name, event, _table in conn.execute(
+        "SELECT trigger_name, event_manipulation, event_object_table "
+        "FROM information_schema.triggers WHERE event_object_table = 'test_session'"
+    ).fetchall():
+        triggers.setdefault(name, set()).add(event)
+    for name, events in EXPECTED_TRIGGERS.items():
+        got_events = triggers.get(name, set())
+        checks.append(
+            Check(
+                f"trigger {name}",
+                got_events == events,
+                ", ".join(sorted(got_events)) or "missing",
+            )
+        )
+
+    # -- Constraints (named, so errors can be mapped by name)
+    constraints = dict(
+        conn.execute(
+            "SELECT conname, contype FROM pg_constraint WHERE conrelid = 'test_session'::regclass"
+        ).fetchall()
+    )
+    for name, kind in EXPECTED_CONSTRAINTS.items():
+        checks.append(Check(f"constraint {name}", constraints.get(name) == kind))
+    fk = conn.execute(
+        "SELECT confrelid::regclass::text, confdeltype FROM pg_constraint "
+        "WHERE conrelid = 'test_session'::regclass AND conname = 'test_session_candidate_fk'"
+    ).fetchone()
+    checks.append(
+        Check(
+            "foreign key to candidate(candidate_id) ON DELETE CASCADE",
+            fk == ("candidate", "c"),
+            f"references {fk[0]}, on delete {fk[1]}" if fk else "missing",
+        )
+    )
+
+    event_table = conn.execute("SELECT to_regclass('test_session_event') IS NOT NULL").fetchone()
+    checks.append(Check("table test_session_event exists", event_table == (True,)))
+
+    done = migrate.applied_versions(conn)
+    missing = [m for m in sql.migrations() if m.version not in done]
+    changed = [
+        m for m in sql.migrations() if m.version in done and done[m.version] != migrate.checksum(m)
+    ]
+    checks.append(
+        Check(
+            "migrations applied",
+            not missing,
+            "pending: " + ", ".join(f"{m.version:04d}_{m.name}" for m in missing)
+            if missing
+            else f"{len(done)} applied",
+        )
+    )
+    if changed:
+        names = ", ".join(f"{m.version:04d}" for m in changed)
+        checks.append(
+            Check("migration files unchanged since applied", True, f"note: edited {names}")
+        )
+    return checks

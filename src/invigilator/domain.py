@@ -1,0 +1,224 @@
+"""The vocabulary and rules of a test session: pure Python, no I/O, imports nothing of ours.
+
+The database enforces the same sets with CHECK constraints (see ``sql/migrations``); this
+module is where Python code learns them, so a new status or method is added in both places.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    ABANDONED = "abandoned"
+
+
+class Method(enum.StrEnum):
+    """How a session ended (`completion_method`)."""
+
+    MANUAL = "manual"
+    TIMER_EXPIRED = "timer_expired"
+    TAB_CLOSE = "tab_close"
+    ADMIN = "admin"
+    HEARTBEAT_TIMEOUT = "heartbeat_timeout"
+    ADMIN_TERMINATED = "admin_terminated"
+
+
+#: The status each completion method leads to (DESIGN.md, "Status and completion method").
+STATUS_OF_METHOD: dict[Method, Status] = {
+    Method.MANUAL: Status.COMPLETED,
+    Method.TIMER_EXPIRED: Status.COMPLETED,
+    Method.TAB_CLOSE: Status.COMPLETED,
+    Method.ADMIN: Status.COMPLETED,
+    Method.HEARTBEAT_TIMEOUT: Status.ABANDONED,
+    Method.ADMIN_TERMINATED: Status.ABANDONED,
+}
+
+
+class TabClosePolicy(enum.StrEnum):
+    """What a tab-close beacon followed by silence means."""
+
+    SUBMIT = "submit"  # completed / tab_close once the tab-close grace has passed
+    IGNORE = "ignore"  # nothing special: the abandon rule decides
+
+
+class EventType(enum.StrEnum):
+    STARTED = "started"
+    SECTION_COMPLETED = "section_completed"
+    ANSWERS_SAVED = "answers_saved"
+    ACTIVITY = "activity"
+    FOCUS_LOST = "focus_lost"
+    FOCUS_REGAINED = "focus_regained"
+    TAB_HIDDEN = "tab_hidden"
+    TAB_VISIBLE = "tab_visible"
+    TAB_CLOSED = "tab_closed"
+    RESUMED = "resumed"
+    TIME_EXTENDED = "time_extended"
+    COMPLETED = "completed"
+    ABANDONED = "abandoned"
+    ADOPTED = "adopted"
+
+
+#: Events a candidate's browser may report about itself (the rest are the server's to write).
+CLIENT_EVENTS = frozenset(
+    {EventType.FOCUS_LOST, EventType.FOCUS_REGAINED, EventType.TAB_HIDDEN, EventType.TAB_VISIBLE}
+)
+
+MIN_DURATION_MINUTES = 1
+MAX_DURATION_MINUTES = 24 * 60  # mirrors CHECK test_session_duration_range
+MAX_EXTENSION_MINUTES = 24 * 60
+MAX_CANDIDATE_ID_LENGTH = 36
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The timing rules one deployment runs with. Thresholds are passed to SQL as seconds."""
+
+    abandon_after: timedelta = timedelta(minutes=5)
+    deadline_grace: timedelta = timedelta(0)
+    tab_close_grace: timedelta = timedelta(seconds=60)
+    tab_close_policy: TabClosePolicy = TabClosePolicy.SUBMIT
+    heartbeat_interval: timedelta = timedelta(seconds=15)
+
+    @property
+    def resume_gap(self) -> timedelta:
+        """A heartbeat after a silence longer than this records a `resumed` event."""
+        return 2 * self.heartbeat_interval
+
+    def sql_params(self) -> dict[str, Any]:
+        """The rules as the named queries take them (intervals and a flag)."""
+        return {
+            "abandon_after": self.abandon_after,
+            "deadline_grace": self.deadline_grace,
+            "tab_close_grace": self.tab_close_grace,
+            "tab_close_submits": self.tab_close_policy is TabClosePolicy.SUBMIT,
+            "resume_gap": self.resume_gap,
+        }
+
+
+def remaining_seconds(deadline: datetime, now: datetime) -> int:
+    """Whole seconds left, never negative: what a countdown shows."""
+    return max(0, int((deadline - now).total_seconds()))
+
+
+# --- errors -------------------------------------------------------------------------------
+
+
+class InvigilatorError(Exception):
+    """Base of every domain error. `code` is stable: clients and scripts match on it."""
+
+    code = "invigilator_error"
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class SessionNotFound(InvigilatorError):
+    code = "not_found"
+
+
+class CandidateNotFound(InvigilatorError):
+    code = "candidate_not_found"
+
+
+class SessionEnded(InvigilatorError):
+    """A write reached a session that has already ended."""
+
+    code = "session_ended"
+
+
+class SessionAlreadyEnded(InvigilatorError):
+    """A new start was asked for a candidate whose session has ended."""
+
+    code = "session_already_ended"
+
+
+class InvalidInput(InvigilatorError):
+    code = "validation_error"
+
+
+class PayloadTooLarge(InvigilatorError):
+    code = "payload_too_large"
+
+
+class DatabaseUnavailable(InvigilatorError):
+    code = "database_unavailable"
+
+
+class SchemaProblem(InvigilatorError):
+    """The database is not in a state the schema can be installed into (prerequisites)."""
+
+    code = "schema_problem"
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """One test_session row as the service sees it, with the database clock at read time."""
+
+    candidate_id: str
+    status: Status
+    completion_method: Method | None
+    test_start_time: datetime
+    test_duration_minutes: int
+    extra_minutes: int
+    deadline: datetime
+    last_heartbeat: datetime | None
+    last_activity: datetime | None
+    completed_at: datetime | None
+    tab_closed_at: datetime | None
+    sections_completed: list[str]
+    planned_sections: list[str] | None
+    pending_answers: dict[str, Any]
+    answer_seq: dict[str, int]
+    created_at: datetime
+    updated_at: datetime
+    server_now: datetime
+
+    @property
+    def is_active(self) -> bool:
+        return self.status is Status.ACTIVE
+
+    @property
+    def remaining_seconds(self) -> int:
+        return remaining_seconds(self.deadline, self.server_now) if self.is_active else 0
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What an answer save committed: `applied` keys now hold this save's values; `superseded`
+    keys were already at a newer `seq` and kept it. Both are safe for the client to forget."""
+
+    session: Session
+    seq: int
+    applied: list[str]
+    superseded: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A session the sweeper (or lazy expiry) has just finalized."""
+
+    candidate_id: str
+    status: Status
+    completion_method: Method
+    completed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    candidate_id: str
+    type: str
+    at: datetime
+    actor: str
+    detail: dict[str, Any]

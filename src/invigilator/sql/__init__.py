@@ -1,0 +1,54 @@
+"""SQL shipped with the package: numbered migrations and the store's named queries."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+
+_HEADER = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
+
+
+def parse_queries(text: str) -> dict[str, str]:
+    """Split a file of `-- name --` blocks into {name: statement}.
+
+    The line after the header is the block's description and, like every comment, is kept
+    in the statement: PostgreSQL ignores it and it shows up in pg_stat_statements.
+    """
+    parts = _HEADER.split(text)
+    queries: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name!r} is defined twice")
+        queries[name] = body.strip().rstrip(";")
+    return queries
+
+
+@cache
+def queries() -> dict[str, str]:
+    return parse_queries(resources.files(__name__).joinpath("queries.sql").read_text("utf-8"))
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+@cache
+def migrations() -> tuple[Migration, ...]:
+    found = []
+    for entry in resources.files(__name__).joinpath("migrations").iterdir():
+        match = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text("utf-8")))
+    found.sort(key=lambda m: m.version)
+    if [m.version for m in found] != list(range(1, len(found) + 1)):
+        raise RuntimeError("migrations must be numbered 0001, 0002, … without gaps")
+    return tuple(found)
+
+
+def candidate_table_sql() -> str:
+    return resources.files(__name__).joinpath("candidate.sql").read_text("utf-8")

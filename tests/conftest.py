@@ -1,0 +1,139 @@
+"""Test databases: one real PostgreSQL per run (embedded, or $INVIGILATOR_TEST_DATABASE_URL),
+a migrated template database made once, and a fresh clone of it for every test."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql as pgsql
+from psycopg.conninfo import make_conninfo
+
+from invigilator import sql
+from invigilator.db import migrate
+from invigilator.db.embedded import start_embedded
+from invigilator.domain import Policy
+from invigilator.store import SessionStore
+
+TEMPLATE = f"invigilator_template_{os.getpid()}"
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    """The admin URL of the PostgreSQL server the tests run on."""
+    external = os.environ.get("INVIGILATOR_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    with tempfile.TemporaryDirectory(prefix="invigilator-test-") as tmp:
+        yield start_embedded(Path(tmp))
+
+
+def _admin(server_url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(server_url, autocommit=True)
+
+
+def database_url(server_url: str, name: str) -> str:
+    return make_conninfo(server_url, dbname=name)
+
+
+@pytest.fixture(scope="session")
+def template_db(server_url: str) -> Iterator[str]:
+    with _admin(server_url) as admin:
+        admin.execute(pgsql.SQL("DROP DATABASE IF EXISTS {}").format(pgsql.Identifier(TEMPLATE)))
+        admin.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(TEMPLATE)))
+    migrate.upgrade(database_url(server_url, TEMPLATE), create_candidate_table=True)
+    yield TEMPLATE
+    with _admin(server_url) as admin:
+        admin.execute(
+            pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(TEMPLATE))
+        )
+
+
+def _fresh_database(server_url: str, template: str | None) -> Iterator[str]:
+    name = f"invigilator_test_{uuid.uuid4().hex[:12]}"
+    with _admin(server_url) as admin:
+        if template:
+            admin.execute(
+                pgsql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    pgsql.Identifier(name), pgsql.Identifier(template)
+                )
+            )
+        else:
+            admin.execute(pgsql.SQL("CREATE DATABASE {}").format(pgsql.Identifier(name)))
+    yield database_url(server_url, name)
+    with _admin(server_url) as admin:
+        admin.execute(
+            pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
+        )
+
+
+@pytest.fixture
+def db_url(server_url: str, template_db: str) -> Iterator[str]:
+    """A migrated database (with the minimal candidate table), new for this test."""
+    yield from _fresh_database(server_url, template_db)
+
+
+@pytest.fixture
+def empty_db_url(server_url: str) -> Iterator[str]:
+    """A database with nothing in it: for prerequisites, adoption and migration tests."""
+    yield from _fresh_database(server_url, None)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain autocommit connection to the test database, for arranging and inspecting."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        yield conn
+
+
+TEST_POLICY = Policy(
+    abandon_after=timedelta(minutes=5),
+    deadline_grace=timedelta(0),
+    tab_close_grace=timedelta(seconds=60),
+    heartbeat_interval=timedelta(seconds=15),
+)
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SessionStore]:
+    pool = SessionStore.pool_for(db_url, min_size=1, max_size=8)
+    await pool.open(wait=True)
+    try:
+        yield SessionStore(pool, TEST_POLICY)
+    finally:
+        await pool.close()
+
+
+def add_candidate(conn: psycopg.Connection[Any], candidate_id: str | None = None) -> str:
+    candidate_id = candidate_id or str(uuid.uuid4())
+    conn.execute("INSERT INTO candidate (candidate_id) VALUES (%s)", (candidate_id,))
+    return candidate_id
+
+
+def shift_session(conn: psycopg.Connection[Any], candidate_id: str, **ago: timedelta) -> None:
+    """Move a session's timestamps into the past: tests move time, they never sleep.
+
+    `shift_session(db, cid, test_start_time=timedelta(minutes=61))` sets the start to
+    now() - 61 minutes (the deadline trigger follows).
+    """
+    allowed = {"test_start_time", "last_heartbeat", "last_activity", "tab_closed_at"}
+    assert set(ago) <= allowed, set(ago) - allowed
+    assignments = pgsql.SQL(", ").join(
+        pgsql.SQL("{} = now() - {}").format(pgsql.Identifier(col), pgsql.Literal(delta))
+        for col, delta in ago.items()
+    )
+    conn.execute(
+        pgsql.SQL("UPDATE test_session SET {} WHERE candidate_id = %s").format(assignments),
+        (candidate_id,),
+    )
+
+
+QUERIES = sql.queries()
