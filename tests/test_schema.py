@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from conftest import add_candidate
+from dbtools import add_candidate
 from invigilator.db import migrate
 from invigilator.db.verify import verify
 from schema_snapshot import snapshot

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import add_candidate, shift_session
+from dbtools import add_candidate, shift_session
 from invigilator.domain import (
     CandidateNotFound,
     InvalidInput,
@@ -241,7 +241,7 @@ async def test_writes_to_an_ended_session_are_refused(
         with pytest.raises(SessionEnded) as caught:
             await call
         assert caught.value.code == "session_ended"
-        assert caught.value.detail["status"] == "completed"
+        assert caught.value.detail["session_status"] == "completed"
 
 
 async def test_extension_moves_the_deadline_and_is_logged(

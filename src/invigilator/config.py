@@ -39,6 +39,22 @@ class Settings(BaseSettings):
     db_connect_timeout_seconds: float = Field(default=5, gt=0)
     statement_timeout_ms: int = Field(default=10_000, ge=0)
 
+    # The sweeper inside `invigilator serve`.
+    sweeper_enabled: bool = True
+    sweep_interval_seconds: float = Field(default=5, gt=0)
+    sweep_batch_size: int = Field(default=500, ge=1, le=10_000)
+
+    # Input limits (the API refuses more with 413/422 and changes nothing).
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    max_answers_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_answer_bytes: int = Field(default=64 * 1024, ge=16)
+    max_answers_per_save: int = Field(default=200, ge=1)
+    max_sections: int = Field(default=100, ge=1)
+    max_json_depth: int = Field(default=16, ge=2)
+
+    # Serving.
+    demo: bool | None = None  # None: on for the embedded database, off otherwise
+
     # Staff and candidate credentials (api): never logged, never echoed.
     secret_key: SecretStr | None = None
     admin_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)

@@ -193,7 +193,7 @@ class SessionStore:
     def _ended_error(session: Session) -> SessionEnded:
         return SessionEnded(
             "this test session has ended",
-            status=session.status.value,
+            session_status=session.status.value,
             completion_method=session.completion_method.value
             if session.completion_method
             else None,
@@ -245,7 +245,7 @@ class SessionStore:
             return existing, False
         raise SessionAlreadyEnded(
             "this candidate's test session has already ended; it cannot be started again",
-            status=existing.status.value,
+            session_status=existing.status.value,
         )
 
     async def get(self, candidate_id: str) -> Session:

@@ -1,0 +1,1 @@
+"""The HTTP API: an app factory, staff and candidate routes, problem+json errors."""

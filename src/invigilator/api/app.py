@@ -1,0 +1,133 @@
+"""The FastAPI app factory. One app per process; the pool, the store and the optional
+in-process sweeper live for the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
+from starlette.requests import Request
+from starlette.responses import Response
+
+from invigilator import __version__
+from invigilator.api import problems
+from invigilator.api.limits import BodySizeLimit
+from invigilator.api.routes import candidate, health, staff
+from invigilator.api.runtime import Runtime
+from invigilator.config import Settings
+from invigilator.domain import SchemaProblem
+from invigilator.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+#: Sent on every response; pages get a CSP that allows only their own scripts and styles.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
+    """Build the app. `database_url` overrides the settings' (serve passes the embedded one)."""
+    settings = settings or Settings()
+    url = database_url or (
+        settings.database_url.get_secret_value() if settings.database_url else None
+    )
+    if not url:
+        raise SchemaProblem("no database: set DATABASE_URL (invigilator serve starts one for you)")
+    if settings.secret_key is None or not settings.admin_keys:
+        raise SchemaProblem("INVIGILATOR_SECRET_KEY and INVIGILATOR_ADMIN_KEYS must be set")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool = SessionStore.pool_for(
+            url,
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+            timeout=settings.db_connect_timeout_seconds,
+            statement_timeout_ms=settings.statement_timeout_ms,
+        )
+        await pool.open(wait=False)
+        store = SessionStore(pool, settings.policy())
+        app.state.runtime = Runtime(
+            settings=settings,
+            store=store,
+            secret_key=settings.secret_key.get_secret_value(),  # type: ignore[union-attr]
+            admin_keys=[k.get_secret_value().encode() for k in settings.admin_keys],
+        )
+        stop = asyncio.Event()
+        sweeper_task: asyncio.Task[None] | None = None
+        if settings.sweeper_enabled:
+            from invigilator.sweeper import Sweeper
+
+            sweeper = Sweeper(
+                store,
+                interval=settings.sweep_interval_seconds,
+                batch_size=settings.sweep_batch_size,
+            )
+            sweeper_task = asyncio.create_task(sweeper.run(stop), name="sweeper")
+        try:
+            yield
+        finally:
+            stop.set()
+            if sweeper_task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper_task
+            await pool.close()
+
+    app = FastAPI(
+        title="Invigilator",
+        version=__version__,
+        summary="Server-authoritative timers, heartbeats and resumable answers for online tests.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.include_router(health.router)
+    app.include_router(staff.router)
+    app.include_router(candidate.router)
+
+    if settings.demo:
+        from invigilator.api.routes import demo
+
+        app.include_router(demo.router)
+
+    static_dir = resources.files("invigilator").joinpath("static")
+    app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: object) -> Response:
+        response: Response = await call_next(request)  # type: ignore[operator]
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if response.headers.get("content-type", "").startswith("text/html") and (
+            request.url.path not in ("/docs", "/redoc")  # they load their own scripts
+        ):
+            response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
+        return response
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PATCH"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory invigilator.api.app:app_factory` (settings from the environment)."""
+    return create_app()

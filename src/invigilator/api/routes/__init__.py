@@ -1,0 +1,1 @@
+"""Route modules: staff, candidate, health."""

@@ -1,0 +1,61 @@
+"""Candidate tokens: a signed JWT (HS256, PyJWT) bound to one candidate_id.
+
+A token opens exactly one session. It expires after the session could no longer change: the
+deadline plus the most staff could ever extend it and the grace periods. Writes after the
+session ended are refused by the session's status, whatever the token says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import jwt
+
+from invigilator.domain import MAX_EXTENSION_MINUTES, InvigilatorError, Policy
+
+AUDIENCE = "invigilator:candidate"
+ALGORITHM = "HS256"
+
+
+class TokenInvalid(InvigilatorError):
+    code = "token_invalid"
+
+
+class TokenExpired(InvigilatorError):
+    code = "token_expired"
+
+
+@dataclass(frozen=True)
+class CandidateClaims:
+    candidate_id: str
+    expires_at: datetime
+
+
+def token_expiry(test_start_time: datetime, duration_minutes: int, policy: Policy) -> datetime:
+    latest_deadline = test_start_time + timedelta(minutes=duration_minutes + MAX_EXTENSION_MINUTES)
+    return latest_deadline + policy.deadline_grace + policy.tab_close_grace
+
+
+def issue(candidate_id: str, expires_at: datetime, secret: str, issued_at: datetime) -> str:
+    claims = {"sub": candidate_id, "aud": AUDIENCE, "iat": issued_at, "exp": expires_at}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify(token: str, secret: str) -> CandidateClaims:
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            audience=AUDIENCE,
+            options={"require": ["sub", "exp", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenExpired("the candidate token has expired") from None
+    except jwt.PyJWTError:
+        raise TokenInvalid("the candidate token is not valid") from None
+    subject = claims["sub"]
+    if not isinstance(subject, str):
+        raise TokenInvalid("the candidate token is not valid")
+    return CandidateClaims(subject, datetime.fromtimestamp(claims["exp"]).astimezone())

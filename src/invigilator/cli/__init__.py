@@ -1,0 +1,10 @@
+"""The `invigilator` command line (typer). Each module adds its commands to `app`."""
+
+from __future__ import annotations
+
+from invigilator.cli import db, serve  # noqa: F401  (registers commands)
+from invigilator.cli.app import app
+
+
+def main() -> None:
+    app()

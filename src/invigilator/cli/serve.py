@@ -1,0 +1,109 @@
+"""`invigilator serve` and `invigilator demo`: the HTTP service (uvicorn)."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import psycopg
+import typer
+import uvicorn
+from pydantic import SecretStr
+
+from invigilator.api.app import create_app
+from invigilator.cli.app import app, database, err, fail, out
+from invigilator.cli.options import CreateCandidate, DatabaseUrl
+from invigilator.config import Settings
+from invigilator.db import migrate
+from invigilator.domain import InvigilatorError
+from invigilator.secrets_file import load_or_create
+
+Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+Port = Annotated[int, typer.Option(help="TCP port.")]
+
+
+def prepare(
+    database_url: str | None, create_candidate_table: bool, demo: bool | None
+) -> tuple[Settings, str, bool]:
+    """Choose the database, migrate it, make sure there are credentials. Returns the settings
+    to serve with, the database URL and whether the demo is on."""
+    settings = Settings()
+    db = database(database_url, settings)
+    try:
+        migrate.upgrade(db.url, create_candidate_table=create_candidate_table or db.embedded)
+    except InvigilatorError as exc:
+        raise fail(exc.message, db) from None
+    except psycopg.Error as exc:
+        raise fail(str(exc), db) from None
+    if settings.secret_key is None or not settings.admin_keys:
+        local = load_or_create(settings.data_dir)
+        err.print(
+            "[yellow]warning:[/yellow] INVIGILATOR_SECRET_KEY / INVIGILATOR_ADMIN_KEYS are not "
+            f"set; using local-only credentials from {local.path}. Set both for any real use.",
+            highlight=False,
+        )
+        if local.created:
+            out.print(f"staff (admin) key, shown this once: [bold]{local.admin_key}[/bold]")
+        updates: dict[str, object] = {}
+        if settings.secret_key is None:
+            updates["secret_key"] = SecretStr(local.secret_key)
+        if not settings.admin_keys:
+            updates["admin_keys"] = [SecretStr(local.admin_key)]
+        settings = settings.model_copy(update=updates)
+    demo_on = (
+        demo if demo is not None else (settings.demo if settings.demo is not None else db.embedded)
+    )
+    return settings.model_copy(update={"demo": demo_on}), db.url, demo_on
+
+
+def _export(settings: Settings, url: str) -> None:
+    """Worker processes rebuild the settings from the environment: hand them ours."""
+    os.environ["DATABASE_URL"] = url
+    assert settings.secret_key is not None
+    os.environ["INVIGILATOR_SECRET_KEY"] = settings.secret_key.get_secret_value()
+    os.environ["INVIGILATOR_ADMIN_KEYS"] = ",".join(
+        k.get_secret_value() for k in settings.admin_keys
+    )
+    os.environ["INVIGILATOR_DEMO"] = "true" if settings.demo else "false"
+
+
+def run_server(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
+    base = f"http://{shown}:{port}"
+    out.print(f"Invigilator on {base}")
+    out.print(f"  API docs   {base}/docs")
+    out.print(f"  staff      {base}/admin")
+    if settings.demo:
+        out.print(f"  demo test  {base}/demo")
+    if workers > 1:
+        _export(settings, url)
+        uvicorn.run(
+            "invigilator.api.app:app_factory",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+        )
+    else:
+        uvicorn.run(
+            create_app(settings, database_url=url), host=host, port=port, log_level="warning"
+        )
+
+
+@app.command()
+def serve(
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    workers: Annotated[int, typer.Option(min=1, max=64, help="API processes.")] = 1,
+    demo: Annotated[
+        bool | None,
+        typer.Option("--demo/--no-demo", help="Serve the demo test at /demo.", show_default=False),
+    ] = None,
+    database_url: DatabaseUrl = None,
+    create_candidate_table: CreateCandidate = False,
+) -> None:
+    """Run the service: migrations at start, the API, the sweeper, and (on the embedded
+    database, or with --demo) the demo test page."""
+    settings, url, _ = prepare(database_url, create_candidate_table, demo)
+    run_server(settings, url, host, port, workers)

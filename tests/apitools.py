@@ -1,0 +1,67 @@
+"""Driving the API in-process through httpx: settings, the Api helper, problem checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from invigilator.config import Settings
+
+STAFF_KEY = "staff-key-for-tests-0123456789"
+OTHER_STAFF_KEY = "second-staff-key-abcdefghijkl"
+SECRET = "secret-key-for-tests-0123456789abcdef"
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "secret_key": SecretStr(SECRET),
+        "admin_keys": [SecretStr(STAFF_KEY), SecretStr(OTHER_STAFF_KEY)],
+        "sweeper_enabled": False,
+        "demo": False,
+        "pool_min_size": 1,
+        "pool_max_size": 4,
+    }
+    values.update(overrides)
+    return Settings().model_copy(update=values)
+
+
+@dataclass
+class Api:
+    client: httpx.AsyncClient
+
+    @property
+    def staff(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {STAFF_KEY}"}
+
+    @staticmethod
+    def bearer(token: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {token}"}
+
+    async def start(self, candidate_id: str, **body: Any) -> dict[str, Any]:
+        response = await self.client.post(
+            "/api/v1/sessions",
+            json={"candidate_id": candidate_id, "create_candidate": True, **body},
+            headers=self.staff,
+        )
+        assert response.status_code in (200, 201), response.text
+        data: dict[str, Any] = response.json()
+        return data
+
+    async def as_candidate(
+        self, method: str, candidate_id: str, path: str, token: str, **kwargs: Any
+    ) -> httpx.Response:
+        return await self.client.request(
+            method, f"/api/v1/sessions/{candidate_id}/{path}", headers=self.bearer(token), **kwargs
+        )
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["code"] == code and body["status"] == status
+    assert {"type", "title", "detail"} <= body.keys()
+    return body

@@ -1,0 +1,34 @@
+"""Helpers for arranging test data in a real database (imported by tests; not fixtures)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql as pgsql
+
+
+def add_candidate(conn: psycopg.Connection[Any], candidate_id: str | None = None) -> str:
+    candidate_id = candidate_id or str(uuid.uuid4())
+    conn.execute("INSERT INTO candidate (candidate_id) VALUES (%s)", (candidate_id,))
+    return candidate_id
+
+
+def shift_session(conn: psycopg.Connection[Any], candidate_id: str, **ago: timedelta) -> None:
+    """Move a session's timestamps into the past: tests move time, they never sleep.
+
+    `shift_session(db, cid, test_start_time=timedelta(minutes=61))` sets the start to
+    now() - 61 minutes (the deadline trigger follows).
+    """
+    allowed = {"test_start_time", "last_heartbeat", "last_activity", "tab_closed_at"}
+    assert set(ago) <= allowed, set(ago) - allowed
+    assignments = pgsql.SQL(", ").join(
+        pgsql.SQL("{} = now() - {}").format(pgsql.Identifier(col), pgsql.Literal(delta))
+        for col, delta in ago.items()
+    )
+    conn.execute(
+        pgsql.SQL("UPDATE test_session SET {} WHERE candidate_id = %s").format(assignments),
+        (candidate_id,),
+    )
