@@ -194,6 +194,22 @@ class Session:
 
 
 @dataclass(frozen=True, slots=True)
+class Clock:
+    """A session's status and timer as of `server_now`: what a heartbeat answers."""
+
+    candidate_id: str
+    status: Status
+    deadline: datetime
+    server_now: datetime
+
+    @property
+    def remaining_seconds(self) -> int:
+        if self.status is not Status.ACTIVE:
+            return 0
+        return remaining_seconds(self.deadline, self.server_now)
+
+
+@dataclass(frozen=True, slots=True)
 class SaveResult:
     """What an answer save committed: `applied` keys now hold this save's values; `superseded`
     keys were already at a newer `seq` and kept it. Both are safe for the client to forget."""

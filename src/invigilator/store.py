@@ -16,11 +16,13 @@ import psycopg
 from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+from psycopg.types.string import StrDumper
 from psycopg_pool import AsyncConnectionPool
 
 from invigilator import sql
 from invigilator.domain import (
     CandidateNotFound,
+    Clock,
     DatabaseUnavailable,
     Ended,
     Event,
@@ -136,6 +138,7 @@ class SessionStore:
         self.pool = pool
         self.policy = policy or Policy()
         self._rules = self.policy.sql_params()
+        self._uuid_keys: bool | None = None  # learnt once: does candidate_id have type uuid?
 
     @classmethod
     def pool_for(
@@ -254,6 +257,53 @@ class SessionStore:
 
     async def heartbeat(self, candidate_id: str, *, active: bool = False) -> Session:
         return await self._guarded_write("heartbeat", candidate_id, active=active)
+
+    async def heartbeat_batch(self, beats: dict[str, bool]) -> dict[str, Clock]:
+        """Heartbeats for many sessions in one statement and one commit: {candidate_id: active}.
+
+        Returns the clock of every session that took its heartbeat. A session missing from the
+        result was refused (ended, due or unknown): `heartbeat()` explains which.
+        """
+        if not beats:
+            return {}
+        async with self._cursor() as cur:
+            if self._uuid_keys is None:
+                await cur.execute(
+                    "SELECT atttypid = 'uuid'::regtype AS is_uuid FROM pg_attribute "
+                    "WHERE attrelid = 'test_session'::regclass AND attname = 'candidate_id'"
+                )
+                row = await cur.fetchone()
+                self._uuid_keys = bool(row and row["is_uuid"])
+            # The caller's spelling of each id, by the database's (uuids come back canonical).
+            spelled: dict[str, str] = {}
+            ids: list[Any] = []
+            active: list[bool] = []
+            for given, is_active in beats.items():
+                key: Any = _as_uuid(given) if self._uuid_keys else given
+                if key is None:
+                    continue  # not a uuid: no such session; heartbeat() will say so
+                spelled[str(key)] = given
+                ids.append(key)
+                active.append(is_active)
+            if not ids:
+                return {}
+            if not self._uuid_keys:
+                # A list of str would go as unknown[]; unnest() needs to know it is text[].
+                cur.adapters.register_dumper(str, StrDumper)
+            await cur.execute(
+                Q["heartbeat_batch"], {**self._rules, "candidate_ids": ids, "active": active}
+            )
+            rows = await cur.fetchall()
+        clocks = {}
+        for r in rows:
+            given = spelled[str(r["candidate_id"])]
+            clocks[given] = Clock(
+                candidate_id=given,
+                status=Status(r["status"]),
+                deadline=r["deadline"],
+                server_now=r["server_now"],
+            )
+        return clocks
 
     async def record_activity(self, candidate_id: str) -> Session:
         return await self._guarded_write("record_activity", candidate_id)
@@ -431,3 +481,11 @@ class SessionStore:
 
 def new_candidate_id() -> str:
     return str(uuid.uuid4())
+
+
+def _as_uuid(value: str) -> uuid.UUID | None:
+    """A candidate id for a uuid-keyed table; None when it cannot name any session."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None

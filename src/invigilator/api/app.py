@@ -22,6 +22,7 @@ from invigilator.api.routes import candidate, health, staff
 from invigilator.api.runtime import Runtime
 from invigilator.config import Settings
 from invigilator.domain import SchemaProblem
+from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.store import SessionStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             store=store,
             secret_key=settings.secret_key.get_secret_value(),  # type: ignore[union-attr]
             admin_keys=[k.get_secret_value().encode() for k in settings.admin_keys],
+            heartbeats=HeartbeatBatcher(store),
         )
         stop = asyncio.Event()
         sweeper_task: asyncio.Task[None] | None = None
@@ -85,6 +87,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             if sweeper_task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await sweeper_task
+            await app.state.runtime.heartbeats.close()
             await pool.close()
 
     app = FastAPI(

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from invigilator.config import Settings
 from invigilator.domain import Policy
+from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.store import SessionStore
 from invigilator.validation import Limits
 
@@ -16,6 +17,7 @@ class Runtime:
     store: SessionStore
     secret_key: str
     admin_keys: list[bytes]
+    heartbeats: HeartbeatBatcher
 
     @property
     def policy(self) -> Policy:

@@ -16,6 +16,7 @@ from invigilator.domain import (
     Session,
     Status,
 )
+from invigilator.domain import Clock as DomainClock
 from invigilator.validation import MAX_NAME_LENGTH, MAX_SEQ, PRINTABLE
 
 CandidateId = Annotated[
@@ -146,7 +147,7 @@ class Timeline(BaseModel):
     events: list[EventOut]
 
 
-def clock(session: Session) -> dict[str, Any]:
+def clock(session: Session | DomainClock) -> dict[str, Any]:
     return {
         "status": session.status,
         "deadline": session.deadline,

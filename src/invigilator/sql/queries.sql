@@ -60,6 +60,44 @@ WITH prev AS (
 )
 SELECT beat.*, now() AS server_now FROM beat;
 
+-- heartbeat_batch --
+-- Many heartbeats in one statement (the hot path). Same effect per session as `heartbeat`;
+-- sessions not returned were refused (ended, due or unknown) and are retried one by one.
+-- Rows are locked in key order so concurrent batches cannot deadlock.
+WITH beats AS (
+    SELECT b.candidate_id, b.active
+      FROM unnest(%(candidate_ids)s, %(active)s::boolean[]) AS b (candidate_id, active)
+), prev AS (
+    SELECT t.candidate_id, t.last_heartbeat, t.tab_closed_at
+      FROM test_session t
+      JOIN beats b ON b.candidate_id = t.candidate_id
+     WHERE t.status = 'active'
+     ORDER BY t.candidate_id
+       FOR UPDATE OF t
+), beat AS (
+    UPDATE test_session t
+       SET last_heartbeat = now(),
+           last_activity = CASE WHEN b.active THEN now() ELSE t.last_activity END,
+           tab_closed_at = NULL
+      FROM beats b
+      JOIN prev p ON p.candidate_id = b.candidate_id
+     WHERE t.candidate_id = b.candidate_id
+       AND t.status = 'active'
+       AND now() < (SELECT d.due_at FROM test_session_due(
+               t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
+    RETURNING t.candidate_id, t.status, t.deadline,
+              p.last_heartbeat AS previous_heartbeat, p.tab_closed_at AS previous_tab_close
+), resumed AS (
+    INSERT INTO test_session_event (candidate_id, type, actor, detail)
+    SELECT candidate_id, 'resumed', 'candidate',
+           jsonb_build_object(
+               'gap_seconds', round(extract(epoch FROM now() - previous_heartbeat)::numeric, 1),
+               'after_tab_close', previous_tab_close IS NOT NULL)
+      FROM beat
+     WHERE previous_tab_close IS NOT NULL OR now() - previous_heartbeat > %(resume_gap)s
+)
+SELECT candidate_id, status, deadline, now() AS server_now FROM beat;
+
 -- record_activity --
 -- The candidate typed, clicked or scrolled.
 UPDATE test_session t

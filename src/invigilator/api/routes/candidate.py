@@ -31,14 +31,13 @@ async def state(candidate_id: CandidateOrStaffDep, store: StoreDep) -> schemas.S
 @router.post("/heartbeat", response_model=schemas.HeartbeatResponse)
 async def heartbeat(
     candidate_id: CandidateDep,
-    store: StoreDep,
     runtime: RuntimeDep,
     body: schemas.HeartbeatRequest | None = None,
 ) -> schemas.HeartbeatResponse:
     """The page is alive. Returns the clock and when to beat next."""
-    session = await store.heartbeat(candidate_id, active=body.active if body else False)
+    clock = await runtime.heartbeats.beat(candidate_id, active=body.active if body else False)
     return schemas.HeartbeatResponse(
-        **schemas.clock(session),
+        **schemas.clock(clock),
         next_heartbeat_seconds=runtime.policy.heartbeat_interval.total_seconds(),
     )
 

@@ -1,0 +1,99 @@
+"""Coalescing heartbeats: the hot path of the service.
+
+Every candidate's browser beats every 15–30 s for the whole test, so heartbeats are most of
+the traffic. One commit per heartbeat caps a connection at a few thousand per second; one
+`UPDATE … FROM unnest(…)` for hundreds of them costs little more than one. The batcher
+needs no timer: while a batch is being written, new heartbeats queue, and the next batch
+takes them all. At low load a batch is a single heartbeat, written at once; under load,
+batches grow by themselves. A heartbeat is answered only after its batch committed, so an
+acknowledged heartbeat is durable, like any other write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from invigilator.domain import Clock, InvigilatorError
+from invigilator.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+
+class HeartbeatBatcher:
+    def __init__(self, store: SessionStore, *, max_batch: int = 500, max_in_flight: int = 2):
+        self.store = store
+        self.max_batch = max_batch
+        self.max_in_flight = max_in_flight
+        self._queue: list[tuple[str, bool, asyncio.Future[Clock]]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def beat(self, candidate_id: str, *, active: bool = False) -> Clock:
+        """Record a heartbeat; returns the session's clock once committed."""
+        future: asyncio.Future[Clock] = asyncio.get_running_loop().create_future()
+        self._queue.append((candidate_id, active, future))
+        if self._in_flight < self.max_in_flight:
+            self._in_flight += 1
+            self._spawn(self._drain())
+        return await future
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                await self._write(batch)
+        finally:
+            self._in_flight -= 1
+
+    async def _write(self, batch: list[tuple[str, bool, asyncio.Future[Clock]]]) -> None:
+        beats: dict[str, bool] = {}
+        for candidate_id, active, _ in batch:  # two tabs of one candidate: one write
+            beats[candidate_id] = beats.get(candidate_id, False) or active
+        try:
+            clocks = await self.store.heartbeat_batch(beats)
+        except Exception as exc:  # the whole batch failed: every caller hears why
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for candidate_id, active, future in batch:
+            clock = clocks.get(candidate_id)
+            if future.done():
+                continue
+            if clock is not None:
+                future.set_result(clock)
+            else:  # refused: the one-by-one path finalizes if due and raises the reason
+                self._spawn(self._one(candidate_id, active, future))
+
+    async def _one(self, candidate_id: str, active: bool, future: asyncio.Future[Clock]) -> None:
+        try:
+            session = await self.store.heartbeat(candidate_id, active=active)
+        except InvigilatorError as exc:
+            if not future.done():
+                future.set_exception(exc)
+            return
+        except Exception as exc:
+            log.exception("heartbeat for one session failed")
+            if not future.done():
+                future.set_exception(exc)
+            return
+        if not future.done():
+            future.set_result(
+                Clock(session.candidate_id, session.status, session.deadline, session.server_now)
+            )
+
+    async def close(self) -> None:
+        """Wait for queued heartbeats to be written (graceful shutdown)."""
+        while self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
