@@ -7,7 +7,6 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +15,9 @@ import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
+from dbtools import TEST_POLICY
 from invigilator.db import migrate
 from invigilator.db.embedded import start_embedded
-from invigilator.domain import Policy
 from invigilator.store import SessionStore
 
 TEMPLATE = f"invigilator_template_{os.getpid()}"
@@ -91,14 +90,6 @@ def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A plain autocommit connection to the test database, for arranging and inspecting."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         yield conn
-
-
-TEST_POLICY = Policy(
-    abandon_after=timedelta(minutes=5),
-    deadline_grace=timedelta(0),
-    tab_close_grace=timedelta(seconds=60),
-    heartbeat_interval=timedelta(seconds=15),
-)
 
 
 @pytest.fixture

@@ -9,6 +9,16 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
+from invigilator.domain import Policy
+
+#: The timing rules the tests run with (the documented defaults, spelled out).
+TEST_POLICY = Policy(
+    abandon_after=timedelta(minutes=5),
+    deadline_grace=timedelta(0),
+    tab_close_grace=timedelta(seconds=60),
+    heartbeat_interval=timedelta(seconds=15),
+)
+
 
 def add_candidate(conn: psycopg.Connection[Any], candidate_id: str | None = None) -> str:
     candidate_id = candidate_id or str(uuid.uuid4())

@@ -1,0 +1,149 @@
+"""The sweeper: ends every session that is due, whether or not anybody is watching.
+
+Correctness never depends on it (every read and write applies lazy expiry); it makes sessions
+end on time in the database, so analytics and staff views agree with the clock. Many may run at
+once: each batch is one transaction (`SessionStore.finalize_due`, FOR UPDATE SKIP LOCKED), which
+writes the end and its terminal event together, so a sweeper killed mid-batch leaves nothing
+half-done and two sweepers never end the same session.
+
+It runs inside `invigilator serve` and standalone as `invigilator sweep`:
+
+    stop = asyncio.Event()
+    await Sweeper(store, interval=5.0, batch_size=500).run(stop)   # until stop is set
+
+Logs say how many sessions ended and how, never what anybody answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+
+from invigilator.domain import DatabaseUnavailable, Ended, InvigilatorError, Method
+from invigilator.store import SessionStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL = 5.0
+DEFAULT_BATCH_SIZE = 500
+
+
+async def sweep_once(
+    store: SessionStore,
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    stop: asyncio.Event | None = None,
+    on_batch: Callable[[list[Ended]], None] | None = None,
+) -> list[Ended]:
+    """Finalize what is due now, in batches of at most `batch_size` (one transaction each),
+    until a batch comes back short. Returns every session this call ended.
+
+    `stop`, when set, ends the pass after the batch in flight (never inside one).
+    `on_batch` sees each committed, non-empty batch as soon as it is committed.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    ended: list[Ended] = []
+    while True:
+        batch = await store.finalize_due(batch_size)
+        ended += batch
+        if batch and on_batch is not None:
+            on_batch(batch)
+        if len(batch) < batch_size or (stop is not None and stop.is_set()):
+            return ended
+
+
+def count_by_method(ended: Iterable[Ended]) -> Counter[Method]:
+    return Counter(e.completion_method for e in ended)
+
+
+def describe(counts: Counter[Method]) -> str:
+    """`timer_expired=3, heartbeat_timeout=1`, in the order of `Method`."""
+    return ", ".join(f"{m.value}={counts[m]}" for m in Method if counts[m])
+
+
+class Sweeper:
+    """Sweeps every `interval` seconds until told to stop; survives the database going away."""
+
+    def __init__(
+        self,
+        store: SessionStore,
+        interval: float = DEFAULT_INTERVAL,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.store = store
+        self.interval = interval
+        self.batch_size = batch_size
+        #: Sessions this sweeper has ended since it was made, by method.
+        self.finalized: Counter[Method] = Counter()
+        #: Passes run, and passes that failed (the database unavailable, or worse).
+        self.passes = 0
+        self.failures = 0
+
+    async def sweep(self, stop: asyncio.Event | None = None) -> list[Ended]:
+        """One pass: finalize what is due and log it. Never raises for a database problem;
+        what was committed before a failure is kept, counted and returned."""
+        committed: list[Ended] = []
+        self.passes += 1
+        try:
+            await sweep_once(
+                self.store, batch_size=self.batch_size, stop=stop, on_batch=committed.extend
+            )
+        except DatabaseUnavailable as exc:
+            self.failures += 1
+            log.warning("sweeper: %s (next try in %gs)", exc.message, self.interval)
+        except InvigilatorError as exc:  # e.g. the schema is missing: say so, keep trying
+            self.failures += 1
+            log.error("sweeper: %s (next try in %gs)", exc.message, self.interval)
+        except Exception:
+            # A sweeper that dies quietly inside `serve` is worse than one that keeps trying.
+            self.failures += 1
+            log.exception("sweeper pass failed (next try in %gs)", self.interval)
+        finally:  # even when cancelled: what was committed is reported
+            self._report(committed)
+        return committed
+
+    def _report(self, committed: list[Ended]) -> None:
+        if not committed:
+            return
+        counts = count_by_method(committed)
+        self.finalized.update(counts)
+        log.info("sweeper finalized %d session(s): %s", len(committed), describe(counts))
+        for e in committed:
+            log.debug(
+                "finalized %s: %s/%s at %s",
+                e.candidate_id,
+                e.status.value,
+                e.completion_method.value,
+                e.completed_at.isoformat(),
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sweep now and then every `interval` seconds until `stop` is set. A set `stop` is
+        honoured between batches: the batch in flight is committed first."""
+        loop = asyncio.get_running_loop()
+        log.info(
+            "sweeper started: every %gs, batches of at most %d", self.interval, self.batch_size
+        )
+        while not stop.is_set():
+            started = loop.time()
+            await self.sweep(stop)
+            if stop.is_set():
+                break
+            pause = max(0.0, self.interval - (loop.time() - started))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+        total = sum(self.finalized.values())
+        log.info(
+            "sweeper stopped after %d pass(es); finalized %d session(s)%s",
+            self.passes,
+            total,
+            f": {describe(self.finalized)}" if total else "",
+        )
