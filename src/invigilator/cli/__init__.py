@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from invigilator.cli import db, serve  # noqa: F401  (registers commands)
+from invigilator.cli import db, demo, report, serve, sweep  # noqa: F401  (registers commands)
 from invigilator.cli.app import app
 
 

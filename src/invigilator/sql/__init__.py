@@ -30,6 +30,18 @@ def queries() -> dict[str, str]:
     return parse_queries(resources.files(__name__).joinpath("queries.sql").read_text("utf-8"))
 
 
+@cache
+def analytics_queries() -> dict[str, str]:
+    """The read-only named queries of `invigilator.analytics` (sql/analytics.sql)."""
+    return parse_queries(resources.files(__name__).joinpath("analytics.sql").read_text("utf-8"))
+
+
+@cache
+def webhook_queries() -> dict[str, str]:
+    """The named queries of the webhook outbox, `invigilator.webhooks` (sql/webhooks.sql)."""
+    return parse_queries(resources.files(__name__).joinpath("webhooks.sql").read_text("utf-8"))
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int

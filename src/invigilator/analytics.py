@@ -1,0 +1,357 @@
+"""How candidates fare: the one analytics service behind the CLI report, the API and the dashboard.
+
+Presentation-agnostic: every function takes the psycopg pool (a `SessionStore`'s `.pool` does)
+and returns plain dicts typed as `TypedDict`s, so `json.dumps` and FastAPI take them as they are
+(timestamps are ISO 8601 strings in UTC, dates `YYYY-MM-DD`). Every number is computed in SQL
+(`sql/analytics.sql`), one statement per call; docs/analytics.md defines each metric.
+
+- `summary(pool, since, until, policy)`: the report for the sessions that started in the window
+  [since, until) (half-open; default: the last 30 days up to the database's `now()`).
+- `live(pool, policy)`: the sessions running right now, with time left and silence.
+- `summary_rows(summary)`: the summary flattened to (metric, dimension, value) rows, for CSV.
+- `parse_bound(text, tz)`: a window bound from a date or a timestamp, as a CLI or a query
+  string gives it.
+
+Lazy expiry: a row still stored `active` whose end is due is counted the way the sweeper will
+end it (status, method, completed_at), is reported in `overdue_unswept`, and never shows as live.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime, timedelta
+from typing import Any, TypedDict, cast
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from invigilator import sql
+from invigilator.domain import DatabaseUnavailable, InvalidInput, Method, Policy
+from invigilator.store import translate_errors
+
+Q = sql.analytics_queries()
+
+#: The window when none is given: this long up to now.
+DEFAULT_SPAN = timedelta(days=30)
+#: The longest window: the daily trend has a row per day.
+MAX_SPAN = timedelta(days=3660)
+#: Width of the minute histograms (abandonment by minute, duration histogram).
+DEFAULT_MINUTE_BUCKET = 5
+MAX_LIVE_LIMIT = 10_000
+#: work_mem of the summary's transaction: a million sessions' narrow rows fit in memory.
+SUMMARY_WORK_MEM = "64MB"
+
+#: Endings where the candidate gave up rather than finished: the abandonment population.
+GAVE_UP_METHODS = (Method.HEARTBEAT_TIMEOUT, Method.TAB_CLOSE, Method.ADMIN_TERMINATED)
+
+
+# --- the shapes returned (JSON-ready dicts) -----------------------------------------------
+
+
+class Window(TypedDict):
+    since: str  # ISO 8601, inclusive
+    until: str  # ISO 8601, exclusive
+    timezone: str  # the zone of by_hour, by_weekday and daily
+
+
+class MethodCount(TypedDict):
+    status: str  # the status this method leads to
+    count: int
+    rate: float | None  # count / ended sessions; null when none ended
+
+
+class DurationStats(TypedDict):
+    count: int  # completed sessions
+    mean: float | None  # seconds
+    median: float | None
+    p90: float | None
+
+
+class ShareStats(TypedDict):
+    mean: float | None  # duration / allowed time (set duration + extensions), 0..1
+    median: float | None
+    p90: float | None
+
+
+class MinuteBucket(TypedDict):
+    from_minute: int  # inclusive
+    to_minute: int  # exclusive
+    count: int
+
+
+class SectionStep(TypedDict):
+    sections: int  # sections completed
+    reached: int  # sessions with at least this many sections completed
+    count: int  # sessions that gave up with exactly this many
+    rate: float | None  # count / reached: the drop-off at this step
+
+
+class HourCount(TypedDict):
+    hour: int  # 0..23 in the window's timezone
+    count: int
+
+
+class WeekdayCount(TypedDict):
+    weekday: int  # ISO: 1 = Monday … 7 = Sunday
+    name: str
+    count: int
+
+
+class FocusLost(TypedDict):
+    count: int  # sessions that gave up after a focus_lost or tab_hidden event
+    share: float | None  # of the sessions that gave up
+
+
+class Abandonment(TypedDict):
+    total: int  # sessions that gave up: heartbeat_timeout, tab_close, admin_terminated
+    share_of_ended: float | None
+    by_reason: dict[str, int]  # heartbeat_timeout, tab_close, admin_terminated
+    by_sections_completed: list[SectionStep]
+    by_minute: list[MinuteBucket]
+    by_hour: list[HourCount]
+    by_weekday: list[WeekdayCount]
+    focus_lost_before: FocusLost
+
+
+class Day(TypedDict):
+    date: str  # YYYY-MM-DD in the window's timezone; sessions counted on the day they started
+    started: int
+    completed: int
+    abandoned: int
+    active: int
+
+
+class Summary(TypedDict):
+    window: Window
+    generated_at: str
+    total: int
+    active: int
+    completed: int
+    abandoned: int
+    overdue_unswept: int  # stored active but due: counted as they will end
+    completion_rate: float | None  # completed / (completed + abandoned)
+    by_method: dict[str, MethodCount]
+    duration_seconds: DurationStats
+    duration_share: ShareStats
+    duration_histogram: list[MinuteBucket]
+    abandonment: Abandonment
+    daily: list[Day]
+
+
+class LiveSession(TypedDict):
+    candidate_id: str
+    test_start_time: str
+    deadline: str
+    last_heartbeat: str | None  # null: no heartbeat yet (silence counts from the start)
+    remaining_seconds: int
+    seconds_since_heartbeat: int
+    silent: bool
+    sections_completed: int
+    tab_closed: bool  # a tab-close beacon arrived; the tab-close grace is running
+
+
+class Live(TypedDict):
+    server_now: str
+    silent_after_seconds: float
+    count: int  # all running sessions (`sessions` holds at most `limit` of them)
+    silent: int
+    sessions: list[LiveSession]
+
+
+# --- the service ---------------------------------------------------------------------------
+
+
+def silent_after(policy: Policy) -> timedelta:
+    """A running session is flagged silent after this long without a heartbeat.
+
+    Two heartbeat intervals (30 s by default): one late beat is network jitter, two missed
+    ones mean the browser is gone or asleep. It is also the gap after which a heartbeat logs
+    `resumed` (`Policy.resume_gap`), so "silent" and "resumed" agree. Never more than the
+    abandon threshold, where the session stops being live at all.
+    """
+    return min(policy.resume_gap, policy.abandon_after)
+
+
+def check_timezone(tz: str) -> str:
+    try:
+        ZoneInfo(tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidInput(f"unknown time zone {tz!r} (use an IANA name such as UTC)") from None
+    return tz
+
+
+def parse_bound(text: str, tz: str = "UTC") -> datetime:
+    """A window bound from `YYYY-MM-DD` (midnight) or an ISO 8601 timestamp; a bound without
+    an offset is read in `tz`."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidInput(
+            f"{text!r} is not a date (YYYY-MM-DD) or an ISO 8601 timestamp"
+        ) from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=ZoneInfo(check_timezone(tz)))
+    return value
+
+
+async def window(
+    pool: AsyncConnectionPool[Any],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    *,
+    span: timedelta = DEFAULT_SPAN,
+) -> tuple[datetime, datetime]:
+    """The window [since, until) with its defaults filled in from the database clock: `until`
+    defaults to now(), `since` to `span` before `until`. A reversed window is InvalidInput."""
+    async with _connection(pool) as conn:
+        return await _window(conn, since, until, span)
+
+
+async def _window(
+    conn: psycopg.AsyncConnection[Any],
+    since: datetime | None,
+    until: datetime | None,
+    span: timedelta = DEFAULT_SPAN,
+) -> tuple[datetime, datetime]:
+    for bound in (since, until):
+        if bound is not None and bound.tzinfo is None:
+            raise InvalidInput("window bounds need a time zone offset")
+    cur = await conn.execute(Q["window"], {"since": since, "until": until, "default_span": span})
+    row = await cur.fetchone()
+    assert row is not None
+    resolved: tuple[datetime, datetime] = (row[0], row[1])
+    if resolved[0] > resolved[1]:
+        raise InvalidInput(
+            "the window's since must not be after its until",
+            since=resolved[0].isoformat(),
+            until=resolved[1].isoformat(),
+        )
+    if resolved[1] - resolved[0] > MAX_SPAN:
+        raise InvalidInput(f"the window may span at most {MAX_SPAN.days} days (one row a day)")
+    return resolved
+
+
+async def summary(
+    pool: AsyncConnectionPool[Any],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    policy: Policy | None = None,
+    *,
+    tz: str = "UTC",
+    minute_bucket: int = DEFAULT_MINUTE_BUCKET,
+) -> Summary:
+    """Every metric for the sessions that started in [since, until) (default: the last 30
+    days up to now). `policy` decides which stored-active rows are in truth over (lazy
+    expiry); `tz` is the zone of the hour, weekday and daily breakdowns; `minute_bucket` the
+    width of the minute histograms. One read-only transaction, one statement for the metrics.
+    Raises InvalidInput for a reversed window or one over MAX_SPAN, an unknown zone or a bad
+    bucket width."""
+    policy = policy or Policy()
+    check_timezone(tz)
+    if not 1 <= minute_bucket <= 1440:
+        raise InvalidInput("minute_bucket must be between 1 and 1440")
+    async with _connection(pool) as conn:
+        # The per-session rows of a large window are read several times: keep them in memory.
+        await conn.execute(f"SET LOCAL work_mem = '{SUMMARY_WORK_MEM}'")
+        since, until = await _window(conn, since, until)
+        params = {
+            **policy.sql_params(),
+            "since": since,
+            "until": until,
+            "tz": tz,
+            "bucket": minute_bucket,
+        }
+        cur = await conn.execute(Q["summary"], params)
+        row = await cur.fetchone()
+    assert row is not None
+    return cast(Summary, row[0])
+
+
+async def live(
+    pool: AsyncConnectionPool[Any], policy: Policy | None = None, *, limit: int = 500
+) -> Live:
+    """The sessions running now: stored active and not yet due (so never a row whose deadline
+    or abandon threshold has passed, swept or not). The silent first, then the longest silent;
+    `sessions` holds at most `limit`, `count` and `silent` count them all."""
+    policy = policy or Policy()
+    if not 1 <= limit <= MAX_LIVE_LIMIT:
+        raise InvalidInput(f"limit must be between 1 and {MAX_LIVE_LIMIT}")
+    params = {**policy.sql_params(), "silent_after": silent_after(policy), "limit": limit}
+    async with _connection(pool) as conn:
+        cur = await conn.execute(Q["live"], params)
+        row = await cur.fetchone()
+    assert row is not None
+    return cast(Live, row[0])
+
+
+@contextlib.asynccontextmanager
+async def _connection(
+    pool: AsyncConnectionPool[Any],
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A pooled connection in one read-only transaction whose TimeZone is UTC (so every
+    timestamp the SQL renders into JSON is in UTC); database errors become domain errors."""
+    with translate_errors():
+        try:
+            async with pool.connection() as conn, conn.transaction():
+                await conn.execute("SET TRANSACTION READ ONLY")
+                await conn.execute("SET LOCAL TimeZone TO 'UTC'")
+                yield conn
+        except TimeoutError as exc:  # pool exhausted or unreachable
+            raise DatabaseUnavailable("the database is unavailable; try again shortly") from exc
+
+
+# --- flat form -----------------------------------------------------------------------------
+
+CSV_HEADER = ("metric", "dimension", "value")
+
+
+def summary_rows(report: Summary) -> Iterator[tuple[str, str, Any]]:
+    """The summary as (metric, dimension, value) rows: one per number, the dimension empty
+    for scalars (a null value stays None). The CSV export writes exactly these rows."""
+    w = report["window"]
+    yield "window.since", "", w["since"]
+    yield "window.until", "", w["until"]
+    yield "window.timezone", "", w["timezone"]
+    yield "generated_at", "", report["generated_at"]
+    for key in ("total", "active", "completed", "abandoned", "overdue_unswept"):
+        yield key, "", report[key]
+    yield "completion_rate", "", report["completion_rate"]
+    for method, counts in report["by_method"].items():
+        yield "by_method.count", method, counts["count"]
+        yield "by_method.rate", method, counts["rate"]
+    durations = report["duration_seconds"]
+    yield "duration_seconds.count", "", durations["count"]
+    for stat in ("mean", "median", "p90"):
+        yield f"duration_seconds.{stat}", "", durations[stat]
+    for stat in ("mean", "median", "p90"):
+        yield f"duration_share.{stat}", "", report["duration_share"][stat]  # type: ignore[literal-required]
+    for bucket in report["duration_histogram"]:
+        yield "duration_histogram.count", _span(bucket), bucket["count"]
+    ab = report["abandonment"]
+    yield "abandonment.total", "", ab["total"]
+    yield "abandonment.share_of_ended", "", ab["share_of_ended"]
+    for reason, n in ab["by_reason"].items():
+        yield "abandonment.by_reason", reason, n
+    for step in ab["by_sections_completed"]:
+        dim = str(step["sections"])
+        yield "abandonment.by_sections_completed.reached", dim, step["reached"]
+        yield "abandonment.by_sections_completed.count", dim, step["count"]
+        yield "abandonment.by_sections_completed.rate", dim, step["rate"]
+    for bucket in ab["by_minute"]:
+        yield "abandonment.by_minute", _span(bucket), bucket["count"]
+    for hour in ab["by_hour"]:
+        yield "abandonment.by_hour", str(hour["hour"]), hour["count"]
+    for day in ab["by_weekday"]:
+        yield "abandonment.by_weekday", day["name"], day["count"]
+    focus = ab["focus_lost_before"]
+    yield "abandonment.focus_lost_before.count", "", focus["count"]
+    yield "abandonment.focus_lost_before.share", "", focus["share"]
+    for row in report["daily"]:
+        for key in ("started", "completed", "abandoned", "active"):
+            yield f"daily.{key}", row["date"], row[key]  # type: ignore[literal-required]
+
+
+def _span(bucket: MinuteBucket) -> str:
+    return f"{bucket['from_minute']}-{bucket['to_minute']}"

@@ -1,0 +1,254 @@
+-- The read-only queries of invigilator.analytics (the CLI report, the API and the dashboard).
+-- Each block: a `-- name --` header, a one-line description, then one statement.
+-- docs/analytics.md defines every metric; the rules all of them share:
+--
+-- * The window: a session belongs to [since, until) by its test_start_time (half-open, so
+--   consecutive windows never count a session twice). The index idx_test_session_test_start_time
+--   serves it.
+-- * Lazy expiry: a row still stored `active` whose end is due (test_session_due(...).due_at <=
+--   now()) is counted as the sweeper will end it: same status, method and completed_at. Only
+--   the rows stored active pay for the test_session_due call; `overdue_unswept` says how many
+--   were counted this way.
+-- * Everything is defined on an empty window: counts are 0, rates and statistics are null
+--   (never a division by zero), histograms are dense lists (empty when there is nothing).
+
+-- window --
+-- The report window on the database clock: [since, until), by default the `default_span` up to now.
+SELECT coalesce(%(since)s::timestamptz,
+                coalesce(%(until)s::timestamptz, now()) - %(default_span)s::interval) AS since,
+       coalesce(%(until)s::timestamptz, now()) AS until;
+
+-- summary --
+-- Every metric of the report as one JSON object, for the sessions that started in [since, until).
+WITH stored AS (
+    -- Ended rows as stored, and active ones as they truly are (lazy expiry): only the active
+    -- rows, a small share, pay for the test_session_due call.
+    SELECT t.candidate_id, t.test_start_time, t.deadline, t.sections_completed,
+           t.status, t.completion_method AS method, t.completed_at AS ended_at,
+           false AS overdue, t.last_heartbeat
+      FROM test_session t
+     WHERE t.test_start_time >= %(since)s::timestamptz
+       AND t.test_start_time < %(until)s::timestamptz
+       AND t.status <> 'active'
+    UNION ALL
+    SELECT t.candidate_id, t.test_start_time, t.deadline, t.sections_completed,
+           CASE WHEN due.method IS NULL THEN 'active'
+                WHEN due.method = 'heartbeat_timeout' THEN 'abandoned'
+                ELSE 'completed' END,
+           due.method, due.ends_at, due.method IS NOT NULL, t.last_heartbeat
+      FROM test_session t
+      LEFT JOIN LATERAL (
+          SELECT d.method, d.ends_at
+            FROM test_session_due(t, %(abandon_after)s::interval, %(deadline_grace)s::interval,
+                                  %(tab_close_grace)s::interval, %(tab_close_submits)s::boolean) d
+           WHERE d.due_at <= now()
+      ) due ON true
+     WHERE t.test_start_time >= %(since)s::timestamptz
+       AND t.test_start_time < %(until)s::timestamptz
+       AND t.status = 'active'
+), s AS MATERIALIZED (
+    -- One narrow row per session in the window: what every aggregate below reads (three
+    -- passes in memory: the totals, the per-session breakdowns, the abandonment breakdowns).
+    SELECT x.test_start_time AS started_at,
+           date_part('epoch', x.deadline - x.test_start_time) AS allowed_s,
+           jsonb_array_length(x.sections_completed) AS sections,
+           x.status, x.method, x.overdue,
+           CASE WHEN x.status = 'completed'
+                THEN greatest(date_part('epoch', x.ended_at - x.test_start_time), 0) END
+               AS duration_s,
+           coalesce(x.method IN ('heartbeat_timeout', 'tab_close', 'admin_terminated'), false)
+               AS gave_up,
+           -- When the candidate left: last heard of for a heartbeat timeout, else the end.
+           CASE WHEN x.method = 'heartbeat_timeout'
+                THEN least(coalesce(x.last_heartbeat, x.test_start_time), x.ended_at)
+                WHEN x.method IN ('tab_close', 'admin_terminated') THEN x.ended_at END AS left_at,
+           -- Did they lose focus (or hide the tab) before leaving? Asked of those who gave up
+           -- only (a CASE branch runs its subquery only when taken): one probe of the event
+           -- log by candidate_id per such session.
+           CASE WHEN x.method IN ('heartbeat_timeout', 'tab_close', 'admin_terminated')
+                THEN EXISTS (SELECT FROM test_session_event e
+                              WHERE e.candidate_id = x.candidate_id
+                                AND e.type IN ('focus_lost', 'tab_hidden')
+                                AND e.at <= x.ended_at)
+                ELSE false END AS focus_before
+      FROM stored x
+), totals AS (
+    SELECT count(*) AS total,
+           count(*) FILTER (WHERE status = 'active') AS active,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'abandoned') AS abandoned,
+           count(*) FILTER (WHERE status <> 'active') AS ended,
+           count(*) FILTER (WHERE overdue) AS overdue,
+           count(*) FILTER (WHERE method = 'manual') AS manual,
+           count(*) FILTER (WHERE method = 'timer_expired') AS timer_expired,
+           count(*) FILTER (WHERE method = 'tab_close') AS tab_close,
+           count(*) FILTER (WHERE method = 'admin') AS admin,
+           count(*) FILTER (WHERE method = 'heartbeat_timeout') AS heartbeat_timeout,
+           count(*) FILTER (WHERE method = 'admin_terminated') AS admin_terminated,
+           count(*) FILTER (WHERE gave_up) AS gave_up,
+           count(*) FILTER (WHERE gave_up AND focus_before) AS gave_up_focus,
+           count(duration_s) AS duration_n,
+           avg(duration_s) AS duration_mean,
+           percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY duration_s) AS duration_pct,
+           avg(duration_s / nullif(allowed_s, 0)) AS share_mean,
+           percentile_cont(ARRAY[0.5, 0.9])
+               WITHIN GROUP (ORDER BY duration_s / nullif(allowed_s, 0)) AS share_pct
+      FROM s
+), per_session AS (
+    -- By sections completed, by start day, by duration bucket: one pass, three groupings.
+    SELECT GROUPING(sections) = 0 AS by_sections, GROUPING(day) = 0 AS by_day,
+           GROUPING(duration_b) = 0 AS by_duration,
+           sections, day, duration_b,
+           count(*) AS n,
+           count(*) FILTER (WHERE gave_up) AS gave_up,
+           count(*) FILTER (WHERE status = 'completed') AS completed,
+           count(*) FILTER (WHERE status = 'abandoned') AS abandoned,
+           count(*) FILTER (WHERE status = 'active') AS active
+      FROM (SELECT sections, gave_up, status,
+                   (started_at AT TIME ZONE %(tz)s::text)::date AS day,
+                   floor(duration_s / (%(bucket)s::int * 60))::int AS duration_b
+              FROM s) y
+     GROUP BY GROUPING SETS ((sections), (day), (duration_b))
+), per_leaver AS (
+    -- Those who gave up, by minute into the test, hour and weekday: one pass, three groupings.
+    SELECT GROUPING(minute_b) = 0 AS by_minute, GROUPING(h) = 0 AS by_hour,
+           GROUPING(d) = 0 AS by_weekday,
+           minute_b, h, d, count(*) AS n
+      FROM (SELECT floor(greatest(date_part('epoch', left_at - started_at), 0)
+                         / (%(bucket)s::int * 60))::int AS minute_b,
+                   date_part('hour', left_at AT TIME ZONE %(tz)s::text)::int AS h,
+                   date_part('isodow', left_at AT TIME ZONE %(tz)s::text)::int AS d
+              FROM s WHERE gave_up) y
+     GROUP BY GROUPING SETS ((minute_b), (h), (d))
+), duration_histogram AS (
+    SELECT coalesce(json_agg(json_build_object(
+               'from_minute', gs.b * %(bucket)s::int, 'to_minute', (gs.b + 1) * %(bucket)s::int,
+               'count', coalesce(c.n, 0)) ORDER BY gs.b), '[]'::json) AS j
+      FROM generate_series(0, (SELECT max(duration_b) FROM per_session WHERE by_duration)) gs (b)
+      LEFT JOIN per_session c ON c.by_duration AND c.duration_b = gs.b
+), funnel AS (
+    SELECT coalesce(json_agg(json_build_object(
+               'sections', gs.k, 'reached', r.reached, 'count', r.n,
+               'rate', round(r.n::numeric / nullif(r.reached, 0), 4)) ORDER BY gs.k), '[]'::json)
+               AS j
+      FROM generate_series(0, (SELECT max(sections) FROM per_session WHERE by_sections)) gs (k)
+     CROSS JOIN LATERAL (
+           SELECT coalesce(sum(p.n) FILTER (WHERE p.sections >= gs.k), 0)::bigint AS reached,
+                  coalesce(sum(p.gave_up) FILTER (WHERE p.sections = gs.k), 0)::bigint AS n
+             FROM per_session p WHERE p.by_sections) r
+), by_minute AS (
+    SELECT coalesce(json_agg(json_build_object(
+               'from_minute', gs.b * %(bucket)s::int, 'to_minute', (gs.b + 1) * %(bucket)s::int,
+               'count', coalesce(c.n, 0)) ORDER BY gs.b), '[]'::json) AS j
+      FROM generate_series(0, (SELECT max(minute_b) FROM per_leaver WHERE by_minute)) gs (b)
+      LEFT JOIN per_leaver c ON c.by_minute AND c.minute_b = gs.b
+), by_hour AS (
+    SELECT json_agg(json_build_object('hour', gs.h, 'count', coalesce(c.n, 0)) ORDER BY gs.h) AS j
+      FROM generate_series(0, 23) gs (h)
+      LEFT JOIN per_leaver c ON c.by_hour AND c.h = gs.h
+), by_weekday AS (
+    SELECT json_agg(json_build_object(
+               'weekday', gs.d,
+               'name', (ARRAY['Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat', 'Sun'])[gs.d],
+               'count', coalesce(c.n, 0)) ORDER BY gs.d) AS j
+      FROM generate_series(1, 7) gs (d)
+      LEFT JOIN per_leaver c ON c.by_weekday AND c.d = gs.d
+), days AS (
+    SELECT (%(since)s::timestamptz AT TIME ZONE %(tz)s::text)::date AS first_day,
+           ((%(until)s::timestamptz - interval '1 microsecond') AT TIME ZONE %(tz)s::text)::date
+               AS last_day
+     WHERE %(since)s::timestamptz < %(until)s::timestamptz
+), daily AS (
+    SELECT coalesce(json_agg(json_build_object(
+               'date', x.day, 'started', coalesce(c.n, 0),
+               'completed', coalesce(c.completed, 0), 'abandoned', coalesce(c.abandoned, 0),
+               'active', coalesce(c.active, 0)) ORDER BY x.day), '[]'::json) AS j
+      FROM days
+     CROSS JOIN generate_series(0, days.last_day - days.first_day) i
+     CROSS JOIN LATERAL (SELECT days.first_day + i AS day) x
+      LEFT JOIN per_session c ON c.by_day AND c.day = x.day
+)
+SELECT json_build_object(
+    'window', json_build_object('since', %(since)s::timestamptz, 'until', %(until)s::timestamptz,
+                                'timezone', %(tz)s::text),
+    'generated_at', now(),
+    'total', t.total,
+    'active', t.active,
+    'completed', t.completed,
+    'abandoned', t.abandoned,
+    'overdue_unswept', t.overdue,
+    'completion_rate', round(t.completed::numeric / nullif(t.ended, 0), 4),
+    'by_method', json_build_object(
+        'manual', json_build_object('status', 'completed', 'count', t.manual,
+                                    'rate', round(t.manual::numeric / nullif(t.ended, 0), 4)),
+        'timer_expired', json_build_object('status', 'completed', 'count', t.timer_expired,
+                                    'rate', round(t.timer_expired::numeric / nullif(t.ended, 0), 4)),
+        'tab_close', json_build_object('status', 'completed', 'count', t.tab_close,
+                                    'rate', round(t.tab_close::numeric / nullif(t.ended, 0), 4)),
+        'admin', json_build_object('status', 'completed', 'count', t.admin,
+                                    'rate', round(t.admin::numeric / nullif(t.ended, 0), 4)),
+        'heartbeat_timeout', json_build_object('status', 'abandoned', 'count', t.heartbeat_timeout,
+                                    'rate', round(t.heartbeat_timeout::numeric / nullif(t.ended, 0), 4)),
+        'admin_terminated', json_build_object('status', 'abandoned', 'count', t.admin_terminated,
+                                    'rate', round(t.admin_terminated::numeric / nullif(t.ended, 0), 4))),
+    'duration_seconds', json_build_object(
+        'count', t.duration_n,
+        'mean', round(t.duration_mean::numeric, 1),
+        'median', round(t.duration_pct[1]::numeric, 1),
+        'p90', round(t.duration_pct[2]::numeric, 1)),
+    'duration_share', json_build_object(
+        'mean', round(t.share_mean::numeric, 4),
+        'median', round(t.share_pct[1]::numeric, 4),
+        'p90', round(t.share_pct[2]::numeric, 4)),
+    'duration_histogram', dh.j,
+    'abandonment', json_build_object(
+        'total', t.gave_up,
+        'share_of_ended', round(t.gave_up::numeric / nullif(t.ended, 0), 4),
+        'by_reason', json_build_object('heartbeat_timeout', t.heartbeat_timeout,
+                                       'tab_close', t.tab_close,
+                                       'admin_terminated', t.admin_terminated),
+        'by_sections_completed', fu.j,
+        'by_minute', bm.j,
+        'by_hour', bh.j,
+        'by_weekday', bw.j,
+        'focus_lost_before', json_build_object(
+            'count', t.gave_up_focus,
+            'share', round(t.gave_up_focus::numeric / nullif(t.gave_up, 0), 4))),
+    'daily', dl.j
+) AS summary
+  FROM totals t, duration_histogram dh, funnel fu, by_minute bm, by_hour bh, by_weekday bw, daily dl;
+
+-- live --
+-- Running sessions (active and not yet due), with time left and silence; the silent first.
+WITH live AS MATERIALIZED (
+    SELECT t.candidate_id::text AS candidate_id,
+           t.test_start_time,
+           t.deadline,
+           t.last_heartbeat,
+           greatest(floor(date_part('epoch', t.deadline - now())), 0)::bigint AS remaining_seconds,
+           floor(date_part('epoch', now() - coalesce(t.last_heartbeat, t.test_start_time)))::bigint
+               AS seconds_since_heartbeat,
+           now() - coalesce(t.last_heartbeat, t.test_start_time) > %(silent_after)s::interval AS silent,
+           jsonb_array_length(t.sections_completed) AS sections_completed,
+           t.tab_closed_at IS NOT NULL AS tab_closed
+      FROM test_session t
+     CROSS JOIN LATERAL test_session_due(
+           t, %(abandon_after)s::interval, %(deadline_grace)s::interval,
+           %(tab_close_grace)s::interval, %(tab_close_submits)s::boolean) d
+     WHERE t.status = 'active'
+       -- implied by the next line (due_at <= deadline + grace); lets idx_test_session_active
+       -- skip overdue rows the sweeper has not reached yet
+       AND t.deadline > now() - %(deadline_grace)s::interval
+       AND now() < d.due_at
+)
+SELECT json_build_object(
+    'server_now', now(),
+    'silent_after_seconds', date_part('epoch', %(silent_after)s::interval),
+    'count', (SELECT count(*) FROM live),
+    'silent', (SELECT count(*) FROM live WHERE silent),
+    'sessions', coalesce((
+        SELECT json_agg(l ORDER BY l.silent DESC, l.seconds_since_heartbeat DESC, l.candidate_id)
+          FROM (SELECT * FROM live
+                 ORDER BY silent DESC, seconds_since_heartbeat DESC, candidate_id
+                 LIMIT %(limit)s::int) l), '[]'::json)
+) AS live;
