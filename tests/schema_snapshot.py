@@ -6,7 +6,14 @@ from typing import Any
 
 import psycopg
 
-TABLES = ("test_session", "test_session_event", "invigilator_schema_migration", "candidate")
+TABLES = (
+    "test_session",
+    "test_session_event",
+    "invigilator_schema_migration",
+    "candidate",
+    "webhook_endpoint",
+    "webhook_delivery",
+)
 
 
 def snapshot(conn: psycopg.Connection[Any]) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -52,8 +52,39 @@ class Settings(BaseSettings):
     max_sections: int = Field(default=100, ge=1)
     max_json_depth: int = Field(default=16, ge=2)
 
+    # Rate limits on the candidate API (api/ratelimit.py): per minute, after a burst; 0 = off.
+    # Token buckets in each worker process: with N workers the limits are N times these.
+    rate_limit_candidate_per_minute: float = Field(default=300, ge=0)
+    rate_limit_candidate_burst: int = Field(default=60, ge=1)
+    rate_limit_ip_per_minute: float = Field(default=12_000, ge=0)
+    rate_limit_ip_burst: int = Field(default=2000, ge=1)
+
     # Serving.
     demo: bool | None = None  # None: on for the embedded database, off otherwise
+
+    # Webhooks (invigilator.webhooks): the endpoint from the environment, and the delivery
+    # worker inside `invigilator serve`. More endpoints: the staff API /api/v1/webhooks.
+    webhook_url: str | None = None
+    webhook_secret: SecretStr | None = None
+    webhook_include_answers: bool = False
+    webhook_worker_enabled: bool = True
+    webhook_timeout_seconds: float = Field(default=10, gt=0)
+    webhook_poll_interval_seconds: float = Field(default=1, gt=0)
+    webhook_silent_scan_seconds: float = Field(default=5, gt=0)
+    webhook_backoff_base_seconds: float = Field(default=10, gt=0)
+    webhook_backoff_max_seconds: float = Field(default=3600, gt=0)
+    webhook_max_age_seconds: float = Field(default=24 * 3600, gt=0)
+    webhook_concurrency: int = Field(default=8, ge=1, le=100)
+    webhook_retention_days: float = Field(default=30, gt=0)
+
+    # Operations: GET /metrics (Prometheus) and logs.
+    metrics_enabled: bool = True
+    metrics_key: SecretStr | None = None  # a bearer key for scrapers (staff keys work too)
+    metrics_public: bool = False  # no key at all (only behind a private network)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # a separate listener
+    metrics_host: str = "127.0.0.1"
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: JSON unless stderr is a TTY
+    log_level: str = "INFO"
 
     # Staff and candidate credentials (api): never logged, never echoed.
     secret_key: SecretStr | None = None

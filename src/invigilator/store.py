@@ -6,6 +6,7 @@ errors here, by constraint name or SQLSTATE, so callers never see a psycopg exce
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -78,7 +79,11 @@ def translate_errors() -> Iterator[None]:
                 "candidate there first"
             ) from None
         raise InvalidInput(f"{exc.diag.column_name} is required") from None
-    except (pgerrors.StringDataRightTruncation, pgerrors.InvalidTextRepresentation) as exc:
+    except (
+        pgerrors.StringDataRightTruncation,
+        pgerrors.InvalidTextRepresentation,
+        pgerrors.NumericValueOutOfRange,  # e.g. an id past bigint in a query parameter
+    ) as exc:
         raise InvalidInput(_first_line(exc)) from None
     except (pgerrors.UntranslatableCharacter, pgerrors.CharacterNotInRepertoire) as exc:
         raise InvalidInput("text contains a character PostgreSQL cannot store (\\u0000)") from exc
@@ -155,16 +160,41 @@ class SessionStore:
             await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
             await conn.commit()
 
-        return AsyncConnectionPool(
+        rechecks: set[asyncio.Task[None]] = set()
+
+        async def recheck() -> None:
+            with contextlib.suppress(Exception):
+                await pool.check()
+
+        async def check(conn: psycopg.AsyncConnection[Any]) -> None:
+            # A database restart kills every pooled connection. Each one is checked before it
+            # is handed out (one empty round trip), and the first dead one found has the pool
+            # check all the others at once, so no request after a restart is the one to find
+            # out (RELIABILITY.md, "database restart").
+            try:
+                await AsyncConnectionPool.check_connection(conn)
+            except Exception:
+                if not rechecks:
+                    task = asyncio.get_running_loop().create_task(recheck())
+                    rechecks.add(task)
+                    task.add_done_callback(rechecks.discard)
+                raise
+
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             conninfo,
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
             kwargs={"connect_timeout": max(1, round(timeout))},
             configure=configure,
+            check=check,
+            # Give up on a lost connection's backoff (1 s, 2 s, 4 s…) soon: the pool then
+            # reconnects at once on the next request, instead of one retry up to minutes late.
+            reconnect_timeout=max(10.0, 2 * timeout),
             open=False,
             name="invigilator",
         )
+        return pool
 
     # --- plumbing -------------------------------------------------------------------------
 

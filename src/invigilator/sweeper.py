@@ -22,6 +22,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 
+from invigilator import metrics
 from invigilator.domain import DatabaseUnavailable, Ended, InvigilatorError, Method
 from invigilator.store import SessionStore
 
@@ -92,6 +93,7 @@ class Sweeper:
         what was committed before a failure is kept, counted and returned."""
         committed: list[Ended] = []
         self.passes += 1
+        failures_before = self.failures
         try:
             await sweep_once(
                 self.store, batch_size=self.batch_size, stop=stop, on_batch=committed.extend
@@ -108,6 +110,7 @@ class Sweeper:
             log.exception("sweeper pass failed (next try in %gs)", self.interval)
         finally:  # even when cancelled: what was committed is reported
             self._report(committed)
+            metrics.observe_sweep(committed, failed=self.failures > failures_before)
         return committed
 
     def _report(self, committed: list[Ended]) -> None:

@@ -110,10 +110,10 @@ def browser_settings() -> Settings:
     )
 
 
-@pytest.fixture
-def live_server(db_url: str) -> Iterator[LiveServer]:
+@contextlib.contextmanager
+def serving(db_url: str, settings: Settings) -> Iterator[LiveServer]:
     """uvicorn serving `create_app` on 127.0.0.1 and a free port, in a background thread."""
-    app = create_app(browser_settings(), database_url=db_url)
+    app = create_app(settings, database_url=db_url)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
@@ -134,6 +134,12 @@ def live_server(db_url: str) -> Iterator[LiveServer]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+@pytest.fixture
+def live_server(db_url: str) -> Iterator[LiveServer]:
+    with serving(db_url, browser_settings()) as server:
+        yield server
 
 
 def chromium_path() -> str:

@@ -16,14 +16,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from invigilator import __version__
-from invigilator.api import problems
+from invigilator.api import observability, problems
 from invigilator.api.limits import BodySizeLimit
-from invigilator.api.routes import candidate, health, staff
+from invigilator.api.ratelimit import RateLimit
+from invigilator.api.routes import admin, candidate, health, staff
+from invigilator.api.routes import analytics as analytics_routes
+from invigilator.api.routes import webhooks as webhooks_routes
 from invigilator.api.runtime import Runtime
 from invigilator.config import Settings
 from invigilator.domain import SchemaProblem
 from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.store import SessionStore
+from invigilator.webhooks import worker as webhooks
 
 log = logging.getLogger(__name__)
 
@@ -50,45 +54,49 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         raise SchemaProblem("no database: set DATABASE_URL (invigilator serve starts one for you)")
     if settings.secret_key is None or not settings.admin_keys:
         raise SchemaProblem("INVIGILATOR_SECRET_KEY and INVIGILATOR_ADMIN_KEYS must be set")
+    webhooks.check_settings(settings)  # INVIGILATOR_WEBHOOK_URL needs its secret
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = SessionStore.pool_for(
-            url,
-            min_size=settings.pool_min_size,
-            max_size=settings.pool_max_size,
-            timeout=settings.db_connect_timeout_seconds,
-            statement_timeout_ms=settings.statement_timeout_ms,
-        )
-        await pool.open(wait=False)
-        store = SessionStore(pool, settings.policy())
-        app.state.runtime = Runtime(
-            settings=settings,
-            store=store,
-            secret_key=settings.secret_key.get_secret_value(),  # type: ignore[union-attr]
-            admin_keys=[k.get_secret_value().encode() for k in settings.admin_keys],
-            heartbeats=HeartbeatBatcher(store),
-        )
-        stop = asyncio.Event()
-        sweeper_task: asyncio.Task[None] | None = None
-        if settings.sweeper_enabled:
-            from invigilator.sweeper import Sweeper
-
-            sweeper = Sweeper(
-                store,
-                interval=settings.sweep_interval_seconds,
-                batch_size=settings.sweep_batch_size,
+        # Whatever started is stopped in reverse order, also when a later start fails.
+        async with contextlib.AsyncExitStack() as running:
+            pool = SessionStore.pool_for(
+                url,
+                min_size=settings.pool_min_size,
+                max_size=settings.pool_max_size,
+                timeout=settings.db_connect_timeout_seconds,
+                statement_timeout_ms=settings.statement_timeout_ms,
             )
-            sweeper_task = asyncio.create_task(sweeper.run(stop), name="sweeper")
-        try:
+            await pool.open(wait=False)
+            running.push_async_callback(pool.close)
+            store = SessionStore(pool, settings.policy())
+            heartbeats = HeartbeatBatcher(store)
+            running.push_async_callback(heartbeats.close)  # queued heartbeats are written
+            app.state.runtime = Runtime(
+                settings=settings,
+                store=store,
+                secret_key=settings.secret_key.get_secret_value(),  # type: ignore[union-attr]
+                admin_keys=[k.get_secret_value().encode() for k in settings.admin_keys],
+                heartbeats=heartbeats,
+            )
+            stop = asyncio.Event()
+            if settings.sweeper_enabled:
+                from invigilator.sweeper import Sweeper
+
+                sweeper = Sweeper(
+                    store,
+                    interval=settings.sweep_interval_seconds,
+                    batch_size=settings.sweep_batch_size,
+                )
+                running.push_async_callback(
+                    _finish, asyncio.create_task(sweeper.run(stop), name="sweeper")
+                )
+            # Webhook deliveries (invigilator.webhooks); None when the worker is disabled.
+            webhook_task = await webhooks.start(settings, pool, stop)
+            if webhook_task is not None:  # stops between deliveries: POSTs in flight finish
+                running.push_async_callback(_finish, webhook_task)
+            running.callback(stop.set)  # runs first: background tasks stop between batches
             yield
-        finally:
-            stop.set()
-            if sweeper_task is not None:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sweeper_task
-            await app.state.runtime.heartbeats.close()
-            await pool.close()
 
     app = FastAPI(
         title="Invigilator",
@@ -98,8 +106,11 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     )
     problems.install(app)
     app.include_router(health.router)
+    app.include_router(analytics_routes.router)  # before staff: /sessions/live is not an id
+    app.include_router(admin.router)
     app.include_router(staff.router)
     app.include_router(candidate.router)
+    app.include_router(webhooks_routes.router)
 
     if settings.demo:
         from invigilator.api.routes import demo
@@ -108,6 +119,9 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
 
     static_dir = resources.files("invigilator").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
+
+    # Innermost, so its 429s get the security (and CORS) headers added below.
+    app.add_middleware(RateLimit, settings=settings)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next: object) -> Response:
@@ -128,9 +142,18 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # Outermost: request ids, access log, metrics, and GET /metrics (api/observability.py).
+    observability.install(app, settings)
     return app
+
+
+async def _finish(task: asyncio.Task[None]) -> None:
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def app_factory() -> FastAPI:
     """For `uvicorn --factory invigilator.api.app:app_factory` (settings from the environment)."""
-    return create_app()
+    settings = Settings()
+    observability.configure_logging(settings)  # each worker process logs like `serve` does
+    return create_app(settings)

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -18,6 +19,7 @@ from invigilator.store import SessionStore
 from invigilator.validation import PRINTABLE
 
 STAFF_COOKIE = "invigilator_staff"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 _bearer = HTTPBearer(auto_error=False, description="Staff key or candidate token")
 
@@ -62,17 +64,59 @@ def match_staff_key(presented: str, runtime: Runtime) -> Staff | None:
             matched = key
     if matched is None:
         return None
-    return Staff(hashlib.sha256(matched).hexdigest()[:8])
+    return Staff(fingerprint(matched))
+
+
+def fingerprint(key: bytes) -> str:
+    """How a staff key is named in logs, events and cookies: never the key itself."""
+    return hashlib.sha256(key).hexdigest()[:8]
+
+
+def staff_from_cookie(request: Request, runtime: Runtime) -> Staff | None:
+    """The dashboard's signed sign-in cookie, if it names a key that is still configured
+    (removing a key from INVIGILATOR_ADMIN_KEYS signs its holders out)."""
+    cookie = request.cookies.get(STAFF_COOKIE)
+    if not cookie:
+        return None
+    signed_for = tokens.verify_staff_session(cookie, runtime.secret_key)
+    if not any(hmac.compare_digest(signed_for, fingerprint(key)) for key in runtime.admin_keys):
+        raise ApiError("unauthorized", "this staff key is no longer valid; sign in again")
+    return Staff(signed_for)
 
 
 def require_staff(request: Request, credentials: Credentials, runtime: RuntimeDep) -> Staff:
-    presented = credentials.credentials if credentials else request.cookies.get(STAFF_COOKIE)
-    if not presented:
-        raise ApiError("unauthorized", "a staff key is required (Authorization: Bearer <key>)")
-    staff = match_staff_key(presented, runtime)
+    if credentials is not None:
+        staff = match_staff_key(credentials.credentials, runtime)
+        if staff is None:
+            raise ApiError("unauthorized", "the staff key is not valid")
+        return staff
+    staff = staff_from_cookie(request, runtime)
     if staff is None:
-        raise ApiError("unauthorized", "the staff key is not valid")
+        raise ApiError("unauthorized", "a staff key is required (Authorization: Bearer <key>)")
+    if credentials is None and request.method not in SAFE_METHODS and not same_origin(request):
+        # The cookie is sent by the browser on its own: a change it authorises must come from
+        # a page of this site (CSRF), whatever SameSite the cookie was set with.
+        raise ApiError(
+            "forbidden",
+            "a staff change authorised by the staff cookie must come from this site's own "
+            "pages (or use Authorization: Bearer)",
+            reason="cross_site_request",
+        )
     return staff
+
+
+def same_origin(request: Request) -> bool:
+    """Whether the browser says the request comes from a page of this origin: `Sec-Fetch-Site`
+    (every current browser sends it), else `Origin` against `Host`. Neither: not a browser
+    request from our pages, so no."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site in ("same-origin", "none")  # "none": typed or bookmarked by the user
+    origin = request.headers.get("origin")
+    host = request.headers.get("host")
+    if not origin or not host or origin == "null":
+        return False
+    return urlsplit(origin).netloc.lower() == host.lower()
 
 
 StaffDep = Annotated[Staff, Depends(require_staff)]
@@ -101,8 +145,7 @@ def require_candidate_or_staff(
 ) -> str:
     if credentials is not None and match_staff_key(credentials.credentials, runtime):
         return candidate_id
-    if credentials is None and request.cookies.get(STAFF_COOKIE):
-        require_staff(request, None, runtime)
+    if credentials is None and staff_from_cookie(request, runtime) is not None:
         return candidate_id
     return require_candidate(candidate_id, credentials, runtime)
 

@@ -34,7 +34,8 @@ Reason = Annotated[str, StringConstraints(max_length=500)]
 
 class StartRequest(BaseModel):
     candidate_id: CandidateId
-    duration_minutes: int = Field(60, ge=MIN_DURATION_MINUTES, le=MAX_DURATION_MINUTES)
+    # strict: a JSON integer, not `true` (= 1) or "60" (RELIABILITY.md, hostile input)
+    duration_minutes: int = Field(60, ge=MIN_DURATION_MINUTES, le=MAX_DURATION_MINUTES, strict=True)
     sections: list[SectionName] | None = Field(
         None, description="The test's sections, in order; others are then refused."
     )
@@ -44,7 +45,7 @@ class StartRequest(BaseModel):
 
 
 class ExtendRequest(BaseModel):
-    minutes: int = Field(ge=1, le=MAX_EXTENSION_MINUTES)
+    minutes: int = Field(ge=1, le=MAX_EXTENSION_MINUTES, strict=True)
     reason: Reason = ""
 
 
@@ -67,7 +68,10 @@ class SectionRequest(BaseModel):
 class AnswersRequest(BaseModel):
     answers: dict[str, Any] = Field(description="question -> answer (any JSON value)")
     seq: int = Field(
-        ge=0, le=MAX_SEQ, description="Increases with every edit; an older seq never wins."
+        ge=0,
+        le=MAX_SEQ,
+        strict=True,  # a JSON integer: `true`, "5" or 5.0 are refused, not read as numbers
+        description="Increases with every edit; an older seq never wins.",
     )
 
 

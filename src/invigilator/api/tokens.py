@@ -59,3 +59,31 @@ def verify(token: str, secret: str) -> CandidateClaims:
     if not isinstance(subject, str):
         raise TokenInvalid("the candidate token is not valid")
     return CandidateClaims(subject, datetime.fromtimestamp(claims["exp"]).astimezone())
+
+
+# --- staff sessions (the dashboard's cookie) ------------------------------------------------
+
+STAFF_AUDIENCE = "invigilator:staff"
+
+
+def issue_staff_session(fingerprint: str, secret: str, issued_at: datetime, ttl: timedelta) -> str:
+    """A signed, expiring stand-in for a staff key, so the key itself never sits in a cookie."""
+    claims = {"sub": fingerprint, "aud": STAFF_AUDIENCE, "iat": issued_at, "exp": issued_at + ttl}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_staff_session(token: str, secret: str) -> str:
+    """The staff key fingerprint a dashboard cookie was issued for."""
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            audience=STAFF_AUDIENCE,
+            options={"require": ["sub", "exp", "aud"]},
+        )
+    except jwt.ExpiredSignatureError:
+        raise TokenExpired("the staff sign-in has expired; sign in again") from None
+    except jwt.PyJWTError:
+        raise TokenInvalid("the staff sign-in is not valid; sign in again") from None
+    return str(claims["sub"])

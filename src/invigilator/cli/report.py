@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from invigilator import analytics
+from invigilator import analytics, charts
 from invigilator.analytics import Live, Summary
 from invigilator.cli.app import app, database, err, fail, out
 from invigilator.cli.options import DatabaseUrl
@@ -168,20 +168,6 @@ def write_csv(summary: Summary, stream: Any) -> None:
 # --- tables ------------------------------------------------------------------------------------
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.1f} %"
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    return (
-        f"{hours}h{rest // 60:02d}m{rest % 60:02d}s" if hours else f"{rest // 60}m{rest % 60:02d}s"
-    )
-
-
 def _bar(count: int, top: int, width: int = 30) -> Text:
     cells = 0 if top == 0 else max(1 if count else 0, round(width * count / top))
     return Text("█" * cells, style="cyan")
@@ -212,14 +198,14 @@ def render_summary(s: Summary, live: Live | None = None) -> RenderableType:
     overview.add_row("  active", f"{s['active']:,}")
     overview.add_row("  completed", f"{s['completed']:,}")
     overview.add_row("  abandoned", f"{s['abandoned']:,}")
-    overview.add_row("completion rate (completed / ended)", _pct(s["completion_rate"]))
+    overview.add_row("completion rate (completed / ended)", charts.pct(s["completion_rate"]))
     d = s["duration_seconds"]
-    overview.add_row("duration of completed: mean", _clock(d["mean"]))
-    overview.add_row("  median", _clock(d["median"]))
-    overview.add_row("  p90", _clock(d["p90"]))
+    overview.add_row("duration of completed: mean", charts.clock(d["mean"]))
+    overview.add_row("  median", charts.clock(d["median"]))
+    overview.add_row("  p90", charts.clock(d["p90"]))
     share = s["duration_share"]
-    overview.add_row("share of allowed time used: mean", _pct(share["mean"]))
-    overview.add_row("  median", _pct(share["median"]))
+    overview.add_row("share of allowed time used: mean", charts.pct(share["mean"]))
+    overview.add_row("  median", charts.pct(share["median"]))
     if s["overdue_unswept"]:
         overview.add_row(
             "[dim]ended but not yet swept (counted as ended)[/dim]", f"{s['overdue_unswept']:,}"
@@ -239,14 +225,14 @@ def render_summary(s: Summary, live: Live | None = None) -> RenderableType:
     for name, m in s["by_method"].items():
         style = "green" if m["status"] == "completed" else "red"
         methods.add_row(
-            name, f"[{style}]{m['status']}[/{style}]", f"{m['count']:,}", _pct(m["rate"])
+            name, f"[{style}]{m['status']}[/{style}]", f"{m['count']:,}", charts.pct(m["rate"])
         )
     parts.append(methods)
 
     ab = s["abandonment"]
     focus = ab["focus_lost_before"]
     gave_up = Table(
-        title=f"Gave up: {ab['total']:,} ({_pct(ab['share_of_ended'])} of ended)",
+        title=f"Gave up: {ab['total']:,} ({charts.pct(ab['share_of_ended'])} of ended)",
         title_justify="left",
     )
     gave_up.add_column("reason")
@@ -255,7 +241,7 @@ def render_summary(s: Summary, live: Live | None = None) -> RenderableType:
         gave_up.add_row(reason, f"{n:,}")
     gave_up.add_row(
         "lost focus or hid the tab before leaving",
-        f"{focus['count']:,} ({_pct(focus['share'])})",
+        f"{focus['count']:,} ({charts.pct(focus['share'])})",
     )
     parts.append(gave_up)
 
@@ -264,7 +250,10 @@ def render_summary(s: Summary, live: Live | None = None) -> RenderableType:
         funnel.add_column(col, justify="right")
     for step in ab["by_sections_completed"]:
         funnel.add_row(
-            str(step["sections"]), f"{step['reached']:,}", f"{step['count']:,}", _pct(step["rate"])
+            str(step["sections"]),
+            f"{step['reached']:,}",
+            f"{step['count']:,}",
+            charts.pct(step["rate"]),
         )
     parts.append(funnel)
 
@@ -323,158 +312,17 @@ def _histogram(title: str, label: str, rows: Sequence[tuple[str, int]]) -> Table
 
 # --- charts ------------------------------------------------------------------------------------
 
-COMPLETED_COLOR = "#2e7d32"
-ABANDONED_COLOR = "#c62828"
-NEUTRAL_COLOR = "#1565c0"
-
 
 def write_charts(summary: Summary, directory: Path) -> list[Path]:
-    """The report's charts as PNG and SVG files in `directory` (created if missing):
-    completion_by_method, duration_histogram, abandonment_by_minute, abandonment_by_sections,
-    abandonment_by_hour and daily_trend. Returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["svg.hashsalt"] = "invigilator"  # reproducible SVG ids
-    from matplotlib.figure import Figure
-
+    """The report's charts (invigilator.charts) as PNG and SVG files in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
-    ab = summary["abandonment"]
     written: list[Path] = []
-
-    def save(fig: Figure, name: str) -> None:
-        fig.tight_layout()
+    for name in charts.NAMES:
         for ext in ("png", "svg"):
             path = directory / f"{name}.{ext}"
-            fig.savefig(path, format=ext, dpi=120, metadata={"Date": None} if ext == "svg" else {})
+            path.write_bytes(charts.render(summary, name, ext))
             written.append(path)
-
-    def empty(ax: Any, data: Sequence[Any]) -> None:
-        if not data or not any(data):
-            ax.text(
-                0.5,
-                0.5,
-                "no sessions in this window",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-                color="grey",
-            )
-
-    window = f"{summary['window']['since'][:10]} – {summary['window']['until'][:10]}"
-
-    # completion by method
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
-    names = list(summary["by_method"])
-    counts = [summary["by_method"][n]["count"] for n in names]
-    colors = [
-        COMPLETED_COLOR if summary["by_method"][n]["status"] == "completed" else ABANDONED_COLOR
-        for n in names
-    ]
-    bars = ax.barh(names[::-1], counts[::-1], color=colors[::-1])
-    labels = [_pct(summary["by_method"][n]["rate"]) for n in names[::-1]]
-    ax.bar_label(bars, labels=labels, padding=3)
-    ax.set_xlabel("sessions")
-    ax.set_title(
-        f"How sessions ended · completion rate {_pct(summary['completion_rate'])} · {window}"
-    )
-    ax.margins(x=0.15)
-    empty(ax, counts)
-    save(fig, "completion_by_method")
-
-    # duration histogram
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
-    hist = summary["duration_histogram"]
-    _minute_bars(ax, hist, NEUTRAL_COLOR)
-    d = summary["duration_seconds"]
-    for stat, style in (("median", "--"), ("p90", ":")):
-        value = d[stat]  # type: ignore[literal-required]
-        if value is not None:
-            ax.axvline(value / 60, color="black", linestyle=style, label=f"{stat} {_clock(value)}")
-    if d["count"]:
-        ax.legend()
-    ax.set_xlabel("minutes from start to completion")
-    ax.set_ylabel("completed sessions")
-    ax.set_title(f"Duration of completed sessions · {window}")
-    empty(ax, [b["count"] for b in hist])
-    save(fig, "duration_histogram")
-
-    # abandonment by minute
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
-    _minute_bars(ax, ab["by_minute"], ABANDONED_COLOR)
-    ax.set_xlabel("minutes into the test when the candidate left")
-    ax.set_ylabel("sessions given up")
-    ax.set_title(f"When candidates give up · {window}")
-    empty(ax, [b["count"] for b in ab["by_minute"]])
-    save(fig, "abandonment_by_minute")
-
-    # abandonment by sections completed (funnel)
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
-    steps = ab["by_sections_completed"]
-    xs = [st["sections"] for st in steps]
-    reached = ax.bar(xs, [st["reached"] for st in steps], color="#90caf9", label="reached")
-    ax.bar(xs, [st["count"] for st in steps], color=ABANDONED_COLOR, label="gave up there")
-    ax.bar_label(reached, labels=[f"{_pct(st['rate'])} gave up" for st in steps], padding=3)
-    ax.margins(y=0.12)
-    if steps:
-        ax.legend()
-        ax.set_xticks(xs)
-    ax.set_xlabel("sections completed")
-    ax.set_ylabel("sessions")
-    ax.set_title(f"Funnel: where candidates give up · {window}")
-    empty(ax, [st["reached"] for st in steps])
-    save(fig, "abandonment_by_sections")
-
-    # abandonment by hour
-    fig = Figure(figsize=(8, 4.5))
-    ax = fig.add_subplot()
-    hours = ab["by_hour"]
-    ax.bar([h["hour"] for h in hours], [h["count"] for h in hours], color=ABANDONED_COLOR)
-    ax.set_xticks(range(0, 24, 2))
-    ax.set_xlabel(f"hour of day ({summary['window']['timezone']})")
-    ax.set_ylabel("sessions given up")
-    ax.set_title(f"Giving up by hour of day · {window}")
-    empty(ax, [h["count"] for h in hours])
-    save(fig, "abandonment_by_hour")
-
-    # daily trend
-    fig = Figure(figsize=(9, 4.5))
-    ax = fig.add_subplot()
-    days = summary["daily"]
-    dates = list(range(len(days)))
-    step = max(1, math.ceil(len(days) / 12))
-    ax.set_xticks(dates[::step], [x["date"] for x in days][::step])
-    ax.plot(dates, [x["started"] for x in days], color=NEUTRAL_COLOR, marker=".", label="started")
-    ax.plot(
-        dates, [x["completed"] for x in days], color=COMPLETED_COLOR, marker=".", label="completed"
-    )
-    ax.plot(
-        dates, [x["abandoned"] for x in days], color=ABANDONED_COLOR, marker=".", label="abandoned"
-    )
-    ax.legend()
-    ax.set_ylabel("sessions (by the day they started)")
-    ax.set_title(f"Daily trend · {window}")
-    fig.autofmt_xdate()
-    empty(ax, [x["started"] for x in days])
-    save(fig, "daily_trend")
     return written
-
-
-def _minute_bars(ax: Any, buckets: Sequence[analytics.MinuteBucket], color: str) -> None:
-    if buckets:
-        width = buckets[0]["to_minute"] - buckets[0]["from_minute"]
-        ax.bar(
-            [b["from_minute"] for b in buckets],
-            [b["count"] for b in buckets],
-            width=width,
-            align="edge",
-            color=color,
-            edgecolor="white",
-        )
 
 
 # --- invigilator demo-data -------------------------------------------------------------------

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import psycopg
 import typer
 import uvicorn
 from pydantic import SecretStr
 
+from invigilator import metrics
 from invigilator.api.app import create_app
+from invigilator.api.observability import configure_logging
 from invigilator.cli.app import app, database, err, fail, out
 from invigilator.cli.options import CreateCandidate, DatabaseUrl
 from invigilator.config import Settings
@@ -75,20 +77,22 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
     out.print(f"  staff      {base}/admin")
     if settings.demo:
         out.print(f"  demo test  {base}/demo")
+    # Our JSON/text logs for everything, uvicorn's included; our access line replaces uvicorn's.
+    configure_logging(settings)
+    quiet: dict[str, Any] = {"log_level": "warning", "log_config": None, "access_log": False}
     if workers > 1:
         _export(settings, url)
+        metrics.prepare_multiprocess(workers)  # every worker's counters in every scrape
         uvicorn.run(
             "invigilator.api.app:app_factory",
             factory=True,
             host=host,
             port=port,
             workers=workers,
-            log_level="warning",
+            **quiet,
         )
     else:
-        uvicorn.run(
-            create_app(settings, database_url=url), host=host, port=port, log_level="warning"
-        )
+        uvicorn.run(create_app(settings, database_url=url), host=host, port=port, **quiet)
 
 
 @app.command()

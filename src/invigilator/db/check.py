@@ -71,6 +71,25 @@ def check(conninfo: str) -> list[Finding]:
                     f"test_session, test_session_event TO {user} (see docs/deploy.md)",
                 )
             )
+            webhooks = conn.execute(
+                "SELECT to_regclass('webhook_delivery') IS NULL"
+                " OR (has_table_privilege('webhook_endpoint', 'SELECT,INSERT,UPDATE')"
+                " AND has_table_privilege('webhook_delivery', 'SELECT,INSERT,UPDATE,DELETE'))"
+            ).fetchone() == (True,)
+            findings.append(
+                Finding(
+                    "privileges on webhook_endpoint and webhook_delivery",
+                    webhooks,
+                    "SELECT, INSERT, UPDATE (+ DELETE on webhook_delivery)"
+                    if webhooks
+                    else "missing",
+                    ""
+                    if webhooks
+                    else "permission denied: GRANT SELECT, INSERT, UPDATE ON webhook_endpoint TO "
+                    f"{user}; GRANT SELECT, INSERT, UPDATE, DELETE ON webhook_delivery TO {user} "
+                    "(see docs/deploy.md)",
+                )
+            )
         pending = migrate.pending(conn)
         can_create = conn.execute(
             "SELECT has_schema_privilege(current_schema(), 'CREATE')"

@@ -134,7 +134,12 @@ def upgrade(
     with psycopg.connect(conninfo, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s, %s)", LOCK_KEY)
         try:
-            conn.execute(TRACKING_TABLE_SQL)
+            # Only when missing: CREATE … IF NOT EXISTS still needs CREATE on the schema, which
+            # the least-privilege role `serve` runs as has not (docs/deploy.md).
+            if conn.execute("SELECT to_regclass('invigilator_schema_migration')").fetchone() == (
+                None,
+            ):
+                conn.execute(TRACKING_TABLE_SQL)
             if create_candidate_table:
                 conn.execute(sql.candidate_table_sql())
             todo = pending(conn)

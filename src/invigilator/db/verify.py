@@ -51,7 +51,23 @@ EXPECTED_INDEXES = {
 EXPECTED_TRIGGERS = {
     "test_session_updated_at": {"UPDATE"},
     "test_session_deadline": {"INSERT", "UPDATE"},
+    # Migration 0002: the webhook outbox, written in the transaction of the change.
+    "test_session_webhook_started": {"INSERT"},
+    "test_session_webhook_changed": {"UPDATE"},
 }
+
+#: Migration 0002's tables and the constraints the service relies on, by name.
+EXPECTED_WEBHOOK_CONSTRAINTS = {
+    "webhook_endpoint": {"webhook_endpoint_pkey": "p", "webhook_endpoint_secret_check": "c"},
+    "webhook_delivery": {
+        "webhook_delivery_pkey": "p",
+        "webhook_delivery_event_unique": "u",
+        "webhook_delivery_endpoint_fk": "f",
+        "webhook_delivery_session_fk": "f",
+        "webhook_delivery_status_check": "c",
+    },
+}
+EXPECTED_WEBHOOK_INDEXES = ("webhook_delivery_one_per_silence", "idx_webhook_delivery_due")
 
 EXPECTED_CONSTRAINTS = {
     "test_session_pkey": "p",
@@ -145,6 +161,26 @@ def verify(conn: psycopg.Connection[Any]) -> list[Check]:
 
     event_table = conn.execute("SELECT to_regclass('test_session_event') IS NOT NULL").fetchone()
     checks.append(Check("table test_session_event exists", event_table == (True,)))
+
+    # -- The webhook outbox (migration 0002)
+    for table, expected in EXPECTED_WEBHOOK_CONSTRAINTS.items():
+        found = dict(
+            conn.execute(
+                "SELECT conname, contype FROM pg_constraint WHERE conrelid = to_regclass(%s)",
+                (table,),
+            ).fetchall()
+        )
+        checks.append(Check(f"table {table} exists", bool(found), "" if found else "missing"))
+        for name, kind in expected.items():
+            checks.append(Check(f"constraint {name}", found.get(name) == kind))
+    webhook_indexes = {
+        name
+        for (name,) in conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE tablename = 'webhook_delivery'"
+        ).fetchall()
+    }
+    for name in EXPECTED_WEBHOOK_INDEXES:
+        checks.append(Check(f"index {name}", name in webhook_indexes))
 
     done = migrate.applied_versions(conn)
     missing = [m for m in sql.migrations() if m.version not in done]

@@ -1,0 +1,152 @@
+"""Rate limits on the candidate API: one token bucket per candidate and one per client IP.
+
+A request over either limit gets a 429 problem+json (`code` `rate_limited`) with `Retry-After`,
+before it reaches a route or the database. The buckets live in this process: with N worker
+processes each enforces the limits on its own, so the effective limit is up to N times the
+configured one (RELIABILITY.md).
+
+- Per candidate: keyed by the candidate a *valid* token opens, so nobody can use up another
+  candidate's allowance by sending requests with a bad token for their path.
+- Per IP: every candidate-API request, authenticated or not, keyed by the peer address the
+  server sees. Behind a reverse proxy, run uvicorn with `--forwarded-allow-ips` so that is the
+  client's; otherwise the proxy's address shares one bucket. Many candidates of an exam hall
+  may share one address (NAT), hence the generous default.
+
+Defaults (`INVIGILATOR_RATE_LIMIT_*`, per minute; 0 turns a limit off) leave normal use far
+below them: the browser beats every 15 s and autosaves a few times a minute.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from invigilator.api import tokens
+from invigilator.api.problems import problem
+from invigilator.config import Settings
+
+#: The candidate API: (method, last path segment) of every route a candidate's browser calls.
+CANDIDATE_CALLS = frozenset(
+    {
+        ("GET", "state"),
+        ("POST", "heartbeat"),
+        ("POST", "activity"),
+        ("POST", "events"),
+        ("POST", "sections"),
+        ("PATCH", "answers"),
+        ("POST", "complete"),
+        ("POST", "tab-close"),
+    }
+)
+_CANDIDATE_PATH = re.compile(r"^/api/v1/sessions/([^/]+)/([a-z-]+)$")
+MAX_KEYS = 100_000  # buckets kept per limit; the least recently used go first
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+class TokenBuckets:
+    """`burst` requests at once, then `per_minute` a minute, for each key."""
+
+    def __init__(self, per_minute: float, burst: int, max_keys: int = MAX_KEYS) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.max_keys = max_keys
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def take(self, key: str, now: float) -> float:
+        """Take one token: 0.0 if allowed, else the seconds until one is available."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(self.burst, now)
+            if len(self._buckets) > self.max_keys:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+            bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.stamp) * self.rate)
+            bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / self.rate
+
+
+def candidate_call(method: str, path: str) -> str | None:
+    """The candidate_id of a candidate-API request, or None for any other request."""
+    match = _CANDIDATE_PATH.match(path)
+    if match and (method, match.group(2)) in CANDIDATE_CALLS:
+        return match.group(1)
+    return None
+
+
+class RateLimit:
+    """ASGI middleware: the per-candidate and per-IP limits of the candidate API."""
+
+    def __init__(
+        self, app: ASGIApp, settings: Settings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        self.secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
+        s = settings
+        self.per_candidate = (
+            TokenBuckets(s.rate_limit_candidate_per_minute, s.rate_limit_candidate_burst)
+            if s.rate_limit_candidate_per_minute > 0
+            else None
+        )
+        self.per_ip = (
+            TokenBuckets(s.rate_limit_ip_per_minute, s.rate_limit_ip_burst)
+            if s.rate_limit_ip_per_minute > 0
+            else None
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or (self.per_ip is None and self.per_candidate is None):
+            await self.app(scope, receive, send)
+            return
+        candidate_id = candidate_call(scope["method"], scope["path"])
+        if candidate_id is None:
+            await self.app(scope, receive, send)
+            return
+        now = self.clock()
+        wait, who = 0.0, ""
+        if self.per_ip is not None:
+            client = scope.get("client")
+            wait, who = self.per_ip.take(client[0] if client else "unknown", now), "address"
+        if not wait and self.per_candidate is not None and self._opens(scope, candidate_id):
+            wait, who = self.per_candidate.take(candidate_id, now), "candidate"
+        if wait:
+            seconds = max(1, math.ceil(wait))
+            response = problem(
+                429,
+                "rate_limited",
+                f"too many requests for this {who}; retry in {seconds} s",
+                {"Retry-After": str(seconds)},
+                {"limit": who},
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _opens(self, scope: Scope, candidate_id: str) -> bool:
+        """Whether the request carries a valid token for this candidate (a beacon's token is in
+        its body, unread here: tab-close beacons count against the IP limit only)."""
+        for name, value in scope.get("headers", []):
+            if name == b"authorization":
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                if scheme.lower() != "bearer":
+                    return False
+                try:
+                    return tokens.verify(token.strip(), self.secret).candidate_id == candidate_id
+                except (tokens.TokenInvalid, tokens.TokenExpired):
+                    return False
+        return False
