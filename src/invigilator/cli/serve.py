@@ -7,12 +7,8 @@ from typing import Annotated, Any
 
 import psycopg
 import typer
-import uvicorn
 from pydantic import SecretStr
 
-from invigilator import metrics
-from invigilator.api.app import create_app
-from invigilator.api.observability import configure_logging
 from invigilator.cli.app import app, database, err, fail, out
 from invigilator.cli.options import CreateCandidate, DatabaseUrl
 from invigilator.config import Settings
@@ -70,6 +66,13 @@ def _export(settings: Settings, url: str) -> None:
 
 
 def run_server(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
+    # The web stack is imported here, not at the top: every other command starts faster.
+    import uvicorn
+
+    from invigilator import metrics
+    from invigilator.api.app import create_app
+    from invigilator.api.observability import configure_logging
+
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
     base = f"http://{shown}:{port}"
     out.print(f"Invigilator on {base}")
