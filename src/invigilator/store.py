@@ -87,6 +87,12 @@ def translate_errors() -> Iterator[None]:
         raise InvalidInput(_first_line(exc)) from None
     except (pgerrors.UntranslatableCharacter, pgerrors.CharacterNotInRepertoire) as exc:
         raise InvalidInput("text contains a character PostgreSQL cannot store (\\u0000)") from exc
+    except psycopg.DataError as exc:
+        if exc.sqlstate is None:  # refused by psycopg before sending: a NUL in a text parameter
+            raise InvalidInput(
+                "text contains a character PostgreSQL cannot store (\\u0000)"
+            ) from None
+        raise
     except pgerrors.ProgramLimitExceeded:
         raise PayloadTooLarge("the value is too large or too deeply nested to store") from None
     except pgerrors.UndefinedTable as exc:
