@@ -99,10 +99,10 @@ def translate_errors() -> Iterator[None]:
         raise SchemaProblem(
             f"{_first_line(exc)}: run `invigilator db upgrade` to create the schema"
         ) from None
+    except pgerrors.QueryCanceled as exc:  # statement_timeout; a subclass of OperationalError
+        raise DatabaseUnavailable("the database did not answer in time") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
         raise DatabaseUnavailable("the database is unavailable; try again shortly") from exc
-    except psycopg.errors.QueryCanceled as exc:
-        raise DatabaseUnavailable("the database did not answer in time") from exc
 
 
 def _first_line(exc: Exception) -> str:

@@ -27,7 +27,8 @@ from pydantic import SecretStr
 
 from apitools import STAFF_KEY, Api, assert_problem, make_settings
 from invigilator.api import deps
-from invigilator.api.app import PAGE_CSP, create_app
+from invigilator.api.app import create_app
+from invigilator.api.headers import PAGE_CSP
 from invigilator.config import Settings
 from invigilator.secrets_file import load_or_create
 

@@ -12,11 +12,10 @@ from importlib import resources
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
-from starlette.requests import Request
-from starlette.responses import Response
 
 from invigilator import __version__
 from invigilator.api import observability, problems
+from invigilator.api.headers import SecurityHeaders
 from invigilator.api.limits import BodySizeLimit
 from invigilator.api.ratelimit import RateLimit
 from invigilator.api.routes import admin, candidate, health, staff
@@ -30,18 +29,6 @@ from invigilator.store import SessionStore
 from invigilator.webhooks import worker as webhooks
 
 log = logging.getLogger(__name__)
-
-#: Sent on every response; pages get a CSP that allows only their own scripts and styles.
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "Cross-Origin-Opener-Policy": "same-origin",
-}
-PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
 
 
 def create_app(settings: Settings | None = None, *, database_url: str | None = None) -> FastAPI:
@@ -123,16 +110,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     # Innermost, so its 429s get the security (and CORS) headers added below.
     app.add_middleware(RateLimit, settings=settings)
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: object) -> Response:
-        response: Response = await call_next(request)  # type: ignore[operator]
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if response.headers.get("content-type", "").startswith("text/html") and (
-            request.url.path not in ("/docs", "/redoc")  # they load their own scripts
-        ):
-            response.headers.setdefault("Content-Security-Policy", PAGE_CSP)
-        return response
+    app.add_middleware(SecurityHeaders)
 
     if settings.cors_origins:
         app.add_middleware(

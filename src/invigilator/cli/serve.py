@@ -84,6 +84,7 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
     configure_logging(settings)
     quiet: dict[str, Any] = {"log_level": "warning", "log_config": None, "access_log": False}
     if workers > 1:
+        _tcp_nodelay_under_workers()
         _export(settings, url)
         metrics.prepare_multiprocess(workers)  # every worker's counters in every scrape
         uvicorn.run(
@@ -96,6 +97,26 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
         )
     else:
         uvicorn.run(create_app(settings, database_url=url), host=host, port=port, **quiet)
+
+
+def _tcp_nodelay_under_workers() -> None:
+    """With --workers N, uvicorn binds the listening socket with `proto` 0; accepted sockets
+    inherit it and asyncio then never sets TCP_NODELAY, so every keep-alive response waits
+    ~40 ms for the client's delayed ACK (uvicorn issue #3149; measured in BENCHMARKS.md).
+    Make the listening socket an IPPROTO_TCP one, as the proposed upstream fix does."""
+    import socket
+
+    import uvicorn.config
+
+    original = uvicorn.config.Config.bind_socket
+
+    def bind_socket(self: uvicorn.config.Config) -> socket.socket:
+        sock = original(self)
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
+            return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, sock.detach())
+        return sock
+
+    uvicorn.config.Config.bind_socket = bind_socket  # type: ignore[method-assign]
 
 
 @app.command()
