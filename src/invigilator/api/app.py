@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from invigilator import __version__
 from invigilator.api import observability, problems
+from invigilator.api.fastpath import HeartbeatFastPath
 from invigilator.api.headers import SecurityHeaders
 from invigilator.api.limits import BodySizeLimit
 from invigilator.api.ratelimit import RateLimit
@@ -107,7 +108,9 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     static_dir = resources.files("invigilator").joinpath("static")
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
-    # Innermost, so its 429s get the security (and CORS) headers added below.
+    # Innermost: the heartbeat's fast path (api/fastpath.py), behind every check below.
+    app.add_middleware(HeartbeatFastPath)
+    # Its 429s get the security (and CORS) headers added below.
     app.add_middleware(RateLimit, settings=settings)
 
     app.add_middleware(SecurityHeaders)

@@ -7,6 +7,7 @@ session ended are refused by the session's status, whatever the token says.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -42,7 +43,27 @@ def issue(candidate_id: str, expires_at: datetime, secret: str, issued_at: datet
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+#: Tokens already verified, with their claims: a heartbeat every 15 s re-presents the same
+#: token for hours, and an HMAC check plus JSON decoding per request is the API's largest cost
+#: after the framework. Bounded; expiry is still checked on every use.
+_VERIFIED: dict[tuple[str, str], CandidateClaims] = {}
+_VERIFIED_MAX = 100_000
+
+
 def verify(token: str, secret: str) -> CandidateClaims:
+    cached = _VERIFIED.get((token, secret))
+    if cached is not None:
+        if cached.expires_at.timestamp() > time.time():
+            return cached
+        raise TokenExpired("the candidate token has expired")
+    claims = _decode(token, secret)
+    if len(_VERIFIED) >= _VERIFIED_MAX:
+        _VERIFIED.pop(next(iter(_VERIFIED)))  # the oldest entry: dicts keep insertion order
+    _VERIFIED[(token, secret)] = claims
+    return claims
+
+
+def _decode(token: str, secret: str) -> CandidateClaims:
     try:
         claims = jwt.decode(
             token,
