@@ -73,39 +73,15 @@ ALL_SCENARIOS = (
 )
 
 #: The setup guide's own table (its DDL as written: TIMESTAMP columns, a btree on
-#: last_heartbeat, its updated_at trigger), for the straightforward_seed_schema scenario.
-SEED_SCHEMA_SQL = """
-CREATE TABLE candidate (candidate_id varchar(36) PRIMARY KEY,
-                        created_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE test_session (
-    candidate_id VARCHAR(36) PRIMARY KEY,
-    test_start_time TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
-    test_duration_minutes INTEGER DEFAULT 60,
-    last_heartbeat TIMESTAMP,
-    last_activity TIMESTAMP,
-    status VARCHAR(20) DEFAULT 'active',
-    completion_method VARCHAR(50),
-    completed_at TIMESTAMP,
-    sections_completed JSONB DEFAULT '[]'::jsonb,
-    pending_answers JSONB DEFAULT '{}'::jsonb,
-    created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    updated_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
-    CONSTRAINT fk_test_session_candidate FOREIGN KEY (candidate_id)
-        REFERENCES candidate(candidate_id),
-    CONSTRAINT chk_status CHECK (status IN ('active', 'completed', 'abandoned'))
-);
-CREATE INDEX idx_test_session_status ON test_session(status);
-CREATE INDEX idx_test_session_last_heartbeat ON test_session(last_heartbeat);
-CREATE INDEX idx_test_session_start_time ON test_session(test_start_time);
-CREATE FUNCTION update_test_session_updated_at() RETURNS TRIGGER AS $$
-BEGIN
-    NEW.updated_at = CURRENT_TIMESTAMP;
-    RETURN NEW;
-END;
-$$ LANGUAGE plpgsql;
-CREATE TRIGGER trigger_update_test_session_updated_at BEFORE UPDATE ON test_session
-    FOR EACH ROW EXECUTE FUNCTION update_test_session_updated_at();
-"""
+#: last_heartbeat, its updated_at trigger), for the straightforward_seed_schema scenario:
+#: the same reconstruction the adoption tests use.
+SEED_SCHEMA_SQL = (
+    "CREATE TABLE candidate (candidate_id varchar(36) PRIMARY KEY,"
+    " created_at timestamptz NOT NULL DEFAULT now());\n"
+    + (
+        Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "seed_test_session.sql"
+    ).read_text()
+)
 
 PGBENCH_SCRIPT = """\\set n random(1, {candidates})
 UPDATE test_session SET last_heartbeat = CURRENT_TIMESTAMP, last_activity = CURRENT_TIMESTAMP \
