@@ -33,6 +33,9 @@ def test_heartbeat_harness_runs_a_tiny_load(
         scenarios=["invigilator", "rate_invigilator"],
         out=out,
         quiet=True,
+        # 50 candidates in a closed loop beat ~20 times a second each, far beyond any real
+        # candidate: the per-candidate limit would answer 429 (it has its own tests).
+        server_env={"INVIGILATOR_RATE_LIMIT_CANDIDATE_PER_MINUTE": "0"},
     )
 
     data = heartbeat.run(cfg)
