@@ -51,7 +51,6 @@ class EventType(enum.StrEnum):
     STARTED = "started"
     SECTION_COMPLETED = "section_completed"
     ANSWERS_SAVED = "answers_saved"
-    ACTIVITY = "activity"
     FOCUS_LOST = "focus_lost"
     FOCUS_REGAINED = "focus_regained"
     TAB_HIDDEN = "tab_hidden"
@@ -63,11 +62,6 @@ class EventType(enum.StrEnum):
     ABANDONED = "abandoned"
     ADOPTED = "adopted"
 
-
-#: Events a candidate's browser may report about itself (the rest are the server's to write).
-CLIENT_EVENTS = frozenset(
-    {EventType.FOCUS_LOST, EventType.FOCUS_REGAINED, EventType.TAB_HIDDEN, EventType.TAB_VISIBLE}
-)
 
 MIN_DURATION_MINUTES = 1
 MAX_DURATION_MINUTES = 24 * 60  # mirrors CHECK test_session_duration_range

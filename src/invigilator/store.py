@@ -515,10 +515,6 @@ class SessionStore:
         ]
 
 
-def new_candidate_id() -> str:
-    return str(uuid.uuid4())
-
-
 def _as_uuid(value: str) -> uuid.UUID | None:
     """A candidate id for a uuid-keyed table; None when it cannot name any session."""
     try:
