@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from typing import Annotated, Any
 
 import psycopg
@@ -68,6 +70,11 @@ def _export(settings: Settings, url: str) -> None:
 def run_server(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
     # The web stack is imported here, not at the top: every other command starts faster.
     import uvicorn
+
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the handler that was
+    # there before; with Python's default one the process dies without running its exit
+    # hooks, and the embedded PostgreSQL would outlive the service. Exit normally instead.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 
     from invigilator import metrics
     from invigilator.api.app import create_app
