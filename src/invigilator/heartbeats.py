@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class HeartbeatBatcher:
-    def __init__(self, store: SessionStore, *, max_batch: int = 500, max_in_flight: int = 2):
+    def __init__(self, store: SessionStore, *, max_batch: int = 500, max_in_flight: int = 1):
         self.store = store
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
@@ -46,26 +46,36 @@ class HeartbeatBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _take(self) -> list[tuple[str, bool, asyncio.Future[Clock]]]:
+        batch = self._queue[: self.max_batch]
+        del self._queue[: self.max_batch]
+        return batch
+
     async def _drain(self) -> None:
+        # One connection for as long as there is work: under load the batches follow each
+        # other on it; when the queue is empty it goes back to the pool.
         try:
             while self._queue:
-                batch = self._queue[: self.max_batch]
-                del self._queue[: self.max_batch]
-                await self._write(batch)
+                batch = self._take()
+                try:
+                    async with self.store.heartbeat_connection() as conn:
+                        while True:
+                            await self._write(batch, conn)
+                            if not self._queue:
+                                break
+                            batch = self._take()
+                except Exception as exc:  # the batch failed: every caller hears why
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
         finally:
             self._in_flight -= 1
 
-    async def _write(self, batch: list[tuple[str, bool, asyncio.Future[Clock]]]) -> None:
+    async def _write(self, batch: list[tuple[str, bool, asyncio.Future[Clock]]], conn: Any) -> None:
         beats: dict[str, bool] = {}
         for candidate_id, active, _ in batch:  # two tabs of one candidate: one write
             beats[candidate_id] = beats.get(candidate_id, False) or active
-        try:
-            clocks = await self.store.heartbeat_batch(beats)
-        except Exception as exc:  # the whole batch failed: every caller hears why
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+        clocks = await self.store.heartbeat_batch(beats, conn)
         for candidate_id, active, future in batch:
             clock = clocks.get(candidate_id)
             if future.done():

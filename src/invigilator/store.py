@@ -145,8 +145,15 @@ def _ended(row: Row) -> Ended:
 class SessionStore:
     """The test_session table, one atomic operation per method, on the database clock."""
 
-    def __init__(self, pool: AsyncConnectionPool[Any], policy: Policy | None = None) -> None:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        policy: Policy | None = None,
+        *,
+        heartbeat_pool: AsyncConnectionPool[Any] | None = None,
+    ) -> None:
         self.pool = pool
+        self.heartbeat_pool = heartbeat_pool  # see heartbeat_pool_for; else `pool` serves
         self.policy = policy or Policy()
         self._rules = self.policy.sql_params()
         self._uuid_keys: bool | None = None  # learnt once: does candidate_id have type uuid?
@@ -201,6 +208,43 @@ class SessionStore:
             name="invigilator",
         )
         return pool
+
+    @classmethod
+    def heartbeat_pool_for(
+        cls,
+        conninfo: str,
+        *,
+        size: int = 1,
+        timeout: float = 5.0,
+        statement_timeout_ms: int = 10_000,
+    ) -> AsyncConnectionPool[Any]:
+        """Connections for heartbeat batches only, so the hot path neither waits for nor
+        starves the main pool:
+
+        - autocommit: a batch is one statement, so one round trip, no separate COMMIT;
+        - prepared from the first use, with a generic plan: the planner otherwise re-plans
+          the batch statement for every array of ids (custom plans), which cost more CPU in
+          PostgreSQL than executing a batch of ten (BENCHMARKS.md);
+        - no liveness check before each batch: a batch that fails on a dead connection fails
+          its heartbeats over to the regular route, which retries each one on the main pool.
+        """
+
+        async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+            conn.prepare_threshold = 0
+            await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+
+        return AsyncConnectionPool(
+            conninfo,
+            min_size=size,
+            max_size=size,
+            timeout=timeout,
+            kwargs={"connect_timeout": max(1, round(timeout)), "autocommit": True},
+            configure=configure,
+            reconnect_timeout=max(10.0, 2 * timeout),
+            open=False,
+            name="invigilator-heartbeats",
+        )
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -294,42 +338,71 @@ class SessionStore:
     async def heartbeat(self, candidate_id: str, *, active: bool = False) -> Session:
         return await self._guarded_write("heartbeat", candidate_id, active=active)
 
-    async def heartbeat_batch(self, beats: dict[str, bool]) -> dict[str, Clock]:
-        """Heartbeats for many sessions in one statement and one commit: {candidate_id: active}.
+    @contextlib.asynccontextmanager
+    async def heartbeat_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection for a run of heartbeat batches, in autocommit: from the heartbeat pool
+        when there is one, else from the main pool. Under load the batches of a run follow
+        each other on it: one checkout for many batches."""
+        with translate_errors():
+            try:
+                if self.heartbeat_pool is not None:
+                    async with self.heartbeat_pool.connection() as conn:
+                        yield conn
+                    return
+                async with self.pool.connection() as conn:
+                    await conn.set_autocommit(True)
+                    try:
+                        yield conn
+                    finally:
+                        # A broken connection cannot be switched back; the pool discards it.
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.set_autocommit(False)
+            except TimeoutError as exc:  # pool exhausted or unreachable
+                raise DatabaseUnavailable("the database is unavailable; try again shortly") from exc
+
+    async def heartbeat_batch(
+        self, beats: dict[str, bool], conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> dict[str, Clock]:
+        """Heartbeats for many sessions in one statement (and one commit): {candidate_id: active}.
 
         Returns the clock of every session that took its heartbeat. A session missing from the
-        result was refused (ended, due or unknown): `heartbeat()` explains which.
+        result was refused (ended, due or unknown): `heartbeat()` explains which. `conn`: one
+        from `heartbeat_connection()`; without it, one is checked out for this batch.
         """
         if not beats:
             return {}
-        async with self._cursor() as cur:
-            if self._uuid_keys is None:
+        if conn is None:
+            async with self.heartbeat_connection() as held:
+                return await self.heartbeat_batch(beats, held)
+        with translate_errors():
+            async with conn.cursor(row_factory=dict_row) as cur:
+                if self._uuid_keys is None:
+                    await cur.execute(
+                        "SELECT atttypid = 'uuid'::regtype AS is_uuid FROM pg_attribute "
+                        "WHERE attrelid = 'test_session'::regclass AND attname = 'candidate_id'"
+                    )
+                    row = await cur.fetchone()
+                    self._uuid_keys = bool(row and row["is_uuid"])
+                # The caller's spelling of each id, by the database's (uuids come back canonical).
+                spelled: dict[str, str] = {}
+                ids: list[Any] = []
+                active: list[bool] = []
+                for given, is_active in beats.items():
+                    key: Any = _as_uuid(given) if self._uuid_keys else given
+                    if key is None:
+                        continue  # not a uuid: no such session; heartbeat() will say so
+                    spelled[str(key)] = given
+                    ids.append(key)
+                    active.append(is_active)
+                if not ids:
+                    return {}
+                if not self._uuid_keys:
+                    # A list of str would go as unknown[]; unnest() needs to know it is text[].
+                    cur.adapters.register_dumper(str, StrDumper)
                 await cur.execute(
-                    "SELECT atttypid = 'uuid'::regtype AS is_uuid FROM pg_attribute "
-                    "WHERE attrelid = 'test_session'::regclass AND attname = 'candidate_id'"
+                    Q["heartbeat_batch"], {**self._rules, "candidate_ids": ids, "active": active}
                 )
-                row = await cur.fetchone()
-                self._uuid_keys = bool(row and row["is_uuid"])
-            # The caller's spelling of each id, by the database's (uuids come back canonical).
-            spelled: dict[str, str] = {}
-            ids: list[Any] = []
-            active: list[bool] = []
-            for given, is_active in beats.items():
-                key: Any = _as_uuid(given) if self._uuid_keys else given
-                if key is None:
-                    continue  # not a uuid: no such session; heartbeat() will say so
-                spelled[str(key)] = given
-                ids.append(key)
-                active.append(is_active)
-            if not ids:
-                return {}
-            if not self._uuid_keys:
-                # A list of str would go as unknown[]; unnest() needs to know it is text[].
-                cur.adapters.register_dumper(str, StrDumper)
-            await cur.execute(
-                Q["heartbeat_batch"], {**self._rules, "candidate_ids": ids, "active": active}
-            )
-            rows = await cur.fetchall()
+                rows = await cur.fetchall()
         clocks = {}
         for r in rows:
             given = spelled[str(r["candidate_id"])]

@@ -1,34 +1,50 @@
 """The heartbeat's fast path: most requests the service ever gets are heartbeats, and for them
-the framework's routing, dependency injection and response validation cost more than the
-database write. This ASGI middleware answers `POST /api/v1/sessions/{candidate_id}/heartbeat`
-directly when everything is ordinary: a valid token for that candidate, a body that is empty
-or `{"active": true|false}`, and a session that takes the heartbeat. Anything else — no or
-bad token, another candidate's token, an odd body, a refused session — is handed, untouched,
-to the regular route (api/routes/candidate.py), which owns every error answer. Both paths
-write through the same HeartbeatBatcher and answer with the same HeartbeatResponse model.
+the framework's middleware chain, routing, dependency injection and response validation cost
+more than the database write.
+
+`InvigilatorAPI` is FastAPI with one thing in front of its whole stack: `HeartbeatFastPath`
+answers `POST /api/v1/sessions/{candidate_id}/heartbeat` itself, in one pass, when everything
+is ordinary: a valid token for that candidate, a body that is empty or `{"active": bool}`,
+within the rate limits, and a session that takes the heartbeat. It does what the middleware
+would have done for that request by calling the same functions: the request id and the
+access log and metrics (`observability`), the rate limits (`ratelimit.RateLimits`), the
+security headers (`headers`). Anything else — no or bad token, another candidate's token, an
+odd body, a refused session, a cross-origin request when CORS is on — is handed, untouched
+(the body read so far is replayed), to the regular stack, which owns every error answer.
+Both paths write through the same HeartbeatBatcher and answer with the same HeartbeatResponse
+model.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import logging
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from invigilator.api import schemas, tokens
+from invigilator import metrics
+from invigilator.api import observability, schemas, tokens
+from invigilator.api.headers import RAW_SECURITY_HEADERS
+from invigilator.api.ratelimit import RateLimits
 from invigilator.domain import MAX_CANDIDATE_ID_LENGTH, InvigilatorError
 from invigilator.validation import PRINTABLE
 
+log = logging.getLogger(__name__)
+
 _PATH = re.compile(r"/api/v1/sessions/([^/]+)/heartbeat")
 _MAX_BODY = 256  # an ordinary heartbeat body is `{"active": true}`
+_JSON = (b"content-type", b"application/json")
 
 
 @dataclass(frozen=True)
 class _Route:
-    """What the observability middleware reads from scope["route"] for its labels."""
+    """What observability reads from scope["route"] for its labels."""
 
     path: str = "/api/v1/sessions/{candidate_id}/heartbeat"
 
@@ -36,56 +52,117 @@ class _Route:
 _ROUTE = _Route()
 
 
-class HeartbeatFastPath:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+class InvigilatorAPI(FastAPI):
+    """FastAPI, with the heartbeat fast path in front of the middleware stack."""
+
+    heartbeat_fast_path: HeartbeatFastPath | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            await self.app(scope, receive, send)
-            return
+        fast = self.heartbeat_fast_path
+        if fast is not None and scope["type"] == "http" and scope["method"] == "POST":
+            await fast(scope, receive, send, super().__call__)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+class HeartbeatFastPath:
+    def __init__(self, app: FastAPI, limits: RateLimits, *, cors: bool) -> None:
+        self.app = app
+        self.limits = limits
+        self.cors = cors
+        self.answered = 0  # heartbeats this path answered itself (tests read it)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, regular: ASGIApp) -> None:
         match = _PATH.fullmatch(scope["path"])
         candidate_id = match[1] if match else None
         token = _bearer(scope) if candidate_id else None
-        runtime = getattr(scope["app"].state, "runtime", None) if token else None
+        runtime = getattr(self.app.state, "runtime", None) if token else None
         if (
             candidate_id is None
             or token is None
             or runtime is None
             or len(candidate_id) > MAX_CANDIDATE_ID_LENGTH
             or not PRINTABLE.match(candidate_id)
+            or (self.cors and _has_header(scope, b"origin"))  # CORSMiddleware's to answer
         ):
-            await self.app(scope, receive, send)
+            await regular(scope, receive, send)
             return
 
         body, more = await _read_body(receive)
         replay = _replaying(body, more, receive)
         active = None if more else _active(body)
         if active is None or not _opens(token, candidate_id, runtime.secret_key):
-            await self.app(scope, replay, send)
+            await regular(scope, replay, send)
             return
+
+        started = time.perf_counter()
+        request_id = observability.request_id_from(scope["headers"])
+        token_var = observability.REQUEST_ID.set(request_id)
+        metrics.HTTP_IN_PROGRESS.inc()
+        status = 500
         try:
-            clock = await runtime.heartbeats.beat(candidate_id, active=active)
-        except InvigilatorError:  # refused: the route finalizes, explains and answers
-            await self.app(scope, replay, send)
-            return
-        scope["route"] = _ROUTE
-        answer = schemas.HeartbeatResponse.model_construct(
-            **schemas.clock(clock),
-            next_heartbeat_seconds=runtime.policy.heartbeat_interval.total_seconds(),
-        ).model_dump_json()
-        payload = answer.encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+            scope["route"] = _ROUTE
+            refused = self.limits.take(scope, candidate_id, token_opens=True)
+            if refused is not None:
+                status = refused.status_code
+                await refused(scope, replay, _with_headers(send, request_id))
+                return
+            try:
+                clock = await runtime.heartbeats.beat(candidate_id, active=active)
+            except Exception as exc:  # refused or failed: the route finalizes and explains
+                if not isinstance(exc, InvigilatorError):
+                    log.exception("heartbeat fast path failed; handing over to the route")
+                scope.pop("route", None)
+                status = 0  # the regular stack records this request itself
+                await regular(scope, replay, send)
+                return
+            payload = (
+                schemas.HeartbeatResponse.model_construct(
+                    **schemas.clock(clock),
+                    next_heartbeat_seconds=runtime.policy.heartbeat_interval.total_seconds(),
+                )
+                .model_dump_json()
+                .encode()
+            )
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        _JSON,
+                        (b"content-length", str(len(payload)).encode()),
+                        (b"x-request-id", request_id.encode()),
+                        *RAW_SECURITY_HEADERS,
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            status = 200
+            self.answered += 1
+        finally:
+            metrics.HTTP_IN_PROGRESS.dec()
+            if status:
+                observability.record(scope, status, time.perf_counter() - started, request_id)
+            observability.REQUEST_ID.reset(token_var)
+
+
+def _with_headers(send: Send, request_id: str) -> Send:
+    """What the middleware chain adds to a response: the request id, the security headers."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [
+                *message.get("headers", []),
+                (b"x-request-id", request_id.encode()),
+                *RAW_SECURITY_HEADERS,
+            ]
+        await send(message)
+
+    return sending
+
+
+def _has_header(scope: Scope, wanted: bytes) -> bool:
+    return any(name == wanted for name, _ in scope["headers"])
 
 
 def _bearer(scope: Scope) -> str | None:

@@ -19,11 +19,11 @@ import contextvars
 import hmac
 import json
 import logging
+import os
 import re
 import socket
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -57,7 +57,7 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
             if _SANE_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()  # 128 random bits, like a uuid4, at a third of the cost
 
 
 def route_template(scope: Scope) -> str:
@@ -101,33 +101,56 @@ class ObservabilityMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            elapsed = time.perf_counter() - started
             metrics.HTTP_IN_PROGRESS.dec()
-            method = scope.get("method", "")
-            route = route_template(scope)
-            metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)).inc()
-            metrics.HTTP_LATENCY.labels(method=method, route=route).observe(elapsed)
-            if method == "POST" and route.endswith("/heartbeat") and 200 <= status < 300:
-                metrics.HEARTBEATS.inc()
-            duration_ms = round(elapsed * 1000, 1)
-            access_log.log(
-                logging.WARNING if status >= 500 else logging.INFO,
-                "%s %s %d %.1fms",
-                method,
-                route,
-                status,
-                duration_ms,
-                extra={
-                    "method": method,
-                    "route": route,
-                    "status": status,
-                    "duration_ms": duration_ms,
-                    "request_id": request_id,
-                },
-            )
+            record(scope, status, time.perf_counter() - started, request_id)
             if self.on_response is not None:
                 self.on_response()
             REQUEST_ID.reset(token)
+
+
+_HEARTBEAT_ROUTE = "/api/v1/sessions/{candidate_id}/heartbeat"
+#: Label children by (method, route, status): `.labels()` costs more than the increment.
+_CHILDREN: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def record(scope: Scope, status: int, elapsed: float, request_id: str) -> None:
+    """The request's metrics and its access log line."""
+    method = scope.get("method", "")
+    route = route_template(scope)
+    key = (method, route, status)
+    children = _CHILDREN.get(key)
+    if children is None:
+        children = _CHILDREN[key] = (
+            metrics.HTTP_REQUESTS.labels(method=method, route=route, status=str(status)),
+            metrics.HTTP_LATENCY.labels(method=method, route=route),
+        )
+    children[0].inc()
+    children[1].observe(elapsed)
+    heartbeat = route == _HEARTBEAT_ROUTE and method == "POST" and 200 <= status < 300
+    if heartbeat:
+        metrics.HEARTBEATS.inc()
+    # Accepted heartbeats are most of the traffic (every candidate, every 15 s) and say nothing
+    # the metrics don't: their lines are DEBUG. Everything else, refused heartbeats included,
+    # is INFO (WARNING for a 5xx).
+    level = logging.DEBUG if heartbeat else logging.WARNING if status >= 500 else logging.INFO
+    if not access_log.isEnabledFor(level):
+        return
+    duration_ms = round(elapsed * 1000, 1)
+    access_log.log(
+        level,
+        "%s %s %d %.1fms",
+        method,
+        route,
+        status,
+        duration_ms,
+        extra={
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": duration_ms,
+            "request_id": request_id,
+        },
+    )
 
 
 # --- metrics ------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from invigilator.api import tokens
@@ -88,13 +89,15 @@ def candidate_call(method: str, path: str) -> str | None:
     return None
 
 
-class RateLimit:
-    """ASGI middleware: the per-candidate and per-IP limits of the candidate API."""
+#: Set on the scope once a request has been counted (by the heartbeat fast path, which then
+#: handed the request on), so the middleware does not count it twice.
+COUNTED = "invigilator.rate_counted"
 
-    def __init__(
-        self, app: ASGIApp, settings: Settings, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.app = app
+
+class RateLimits:
+    """Both limits' buckets, shared by the middleware and the heartbeat fast path."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self.secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
         s = settings
@@ -109,35 +112,33 @@ class RateLimit:
             else None
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or (self.per_ip is None and self.per_candidate is None):
-            await self.app(scope, receive, send)
-            return
-        candidate_id = candidate_call(scope["method"], scope["path"])
-        if candidate_id is None:
-            await self.app(scope, receive, send)
-            return
+    @property
+    def enabled(self) -> bool:
+        return self.per_ip is not None or self.per_candidate is not None
+
+    def take(self, scope: Scope, candidate_id: str, *, token_opens: bool) -> Response | None:
+        """Count one candidate-API request; the 429 to answer when it is over a limit.
+        `token_opens`: the request carries a valid token for `candidate_id`."""
+        scope[COUNTED] = True
         now = self.clock()
         wait, who = 0.0, ""
         if self.per_ip is not None:
             client = scope.get("client")
             wait, who = self.per_ip.take(client[0] if client else "unknown", now), "address"
-        if not wait and self.per_candidate is not None and self._opens(scope, candidate_id):
+        if not wait and self.per_candidate is not None and token_opens:
             wait, who = self.per_candidate.take(candidate_id, now), "candidate"
-        if wait:
-            seconds = max(1, math.ceil(wait))
-            response = problem(
-                429,
-                "rate_limited",
-                f"too many requests for this {who}; retry in {seconds} s",
-                {"Retry-After": str(seconds)},
-                {"limit": who},
-            )
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+        if not wait:
+            return None
+        seconds = max(1, math.ceil(wait))
+        return problem(
+            429,
+            "rate_limited",
+            f"too many requests for this {who}; retry in {seconds} s",
+            {"Retry-After": str(seconds)},
+            {"limit": who},
+        )
 
-    def _opens(self, scope: Scope, candidate_id: str) -> bool:
+    def opens(self, scope: Scope, candidate_id: str) -> bool:
         """Whether the request carries a valid token for this candidate (a beacon's token is in
         its body, unread here: tab-close beacons count against the IP limit only)."""
         for name, value in scope.get("headers", []):
@@ -150,3 +151,30 @@ class RateLimit:
                 except (tokens.TokenInvalid, tokens.TokenExpired):
                     return False
         return False
+
+
+class RateLimit:
+    """ASGI middleware: the per-candidate and per-IP limits of the candidate API."""
+
+    def __init__(self, app: ASGIApp, limits: RateLimits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.limits.enabled or scope.get(COUNTED):
+            await self.app(scope, receive, send)
+            return
+        candidate_id = candidate_call(scope["method"], scope["path"])
+        if candidate_id is None:
+            await self.app(scope, receive, send)
+            return
+        limits = self.limits
+        refused = limits.take(
+            scope,
+            candidate_id,
+            token_opens=limits.per_candidate is not None and limits.opens(scope, candidate_id),
+        )
+        if refused is not None:
+            await refused(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
