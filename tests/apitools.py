@@ -31,6 +31,7 @@ def make_settings(**overrides: Any) -> Settings:
 @dataclass
 class Api:
     client: httpx.AsyncClient
+    app: Any = None  # the app under test, when a test needs to look inside
 
     @property
     def staff(self) -> dict[str, str]:

@@ -19,7 +19,7 @@ async def _api(db_url: str, settings: Settings) -> AsyncIterator[Api]:
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Api(client)
+            yield Api(client, app)
 
 
 @pytest.fixture

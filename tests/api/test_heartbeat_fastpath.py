@@ -65,3 +65,66 @@ async def test_a_large_body_is_replayed_intact_to_the_route(api: Api) -> None:
     padded = {"active": True, "padding": "x" * 5000}
     response = await api.as_candidate("POST", "alice", "heartbeat", token, json=padded)
     assert response.status_code == 200  # the route read the whole body (extra keys ignored)
+
+
+async def test_ordinary_heartbeats_are_answered_by_the_fast_path(api: Api) -> None:
+    token = (await api.start("alice"))["token"]
+    fast_path = api.app.heartbeat_fast_path
+    before = fast_path.answered
+    for active in (True, False, None):
+        body = {} if active is None else {"active": active}
+        response = await api.as_candidate("POST", "alice", "heartbeat", token, json=body)
+        assert response.status_code == 200
+    empty = await api.as_candidate("POST", "alice", "heartbeat", token)
+    assert empty.status_code == 200
+    assert fast_path.answered == before + 4
+    # An unusual one is the regular route's: the count does not move.
+    odd = await api.as_candidate("POST", "alice", "heartbeat", token, json={"active": 1})
+    assert odd.status_code == 422
+    assert fast_path.answered == before + 4
+
+
+async def test_rate_limit_on_the_fast_path_counts_once_and_answers_like_the_middleware(
+    api_with: Any,
+) -> None:
+    async with api_with(
+        rate_limit_candidate_per_minute=1, rate_limit_candidate_burst=3, rate_limit_ip_per_minute=0
+    ) as api:
+        token = (await api.start("alice"))["token"]
+        statuses = [
+            (await api.as_candidate("POST", "alice", "heartbeat", token)).status_code
+            for _ in range(3)
+        ]
+        assert statuses == [200, 200, 200]  # the burst, each counted once
+        limited = await api.as_candidate("POST", "alice", "heartbeat", token)
+        body = assert_problem(limited, 429, "rate_limited")
+        assert body["limit"] == "candidate"
+        assert int(limited.headers["retry-after"]) >= 1
+        assert limited.headers["x-content-type-options"] == "nosniff"
+        assert "x-request-id" in limited.headers
+        # A refused session's heartbeat goes on to the route: it is not counted a second time.
+    async with api_with(
+        rate_limit_candidate_per_minute=1, rate_limit_candidate_burst=2, rate_limit_ip_per_minute=0
+    ) as api:
+        token = (await api.start("bob"))["token"]
+        await api.as_candidate("POST", "bob", "complete", token)  # one of the two
+        ended = await api.as_candidate("POST", "bob", "heartbeat", token)
+        assert_problem(ended, 409, "session_ended")  # the second: not a 429
+
+
+async def test_cross_origin_heartbeats_get_the_cors_headers(api_with: Any) -> None:
+    origin = "https://exam.example"
+    async with api_with(cors_origins=[origin]) as api:
+        token = (await api.start("alice"))["token"]
+        before = api.app.heartbeat_fast_path.answered
+        response = await api.client.post(
+            "/api/v1/sessions/alice/heartbeat",
+            json={"active": True},
+            headers={**api.bearer(token), "Origin": origin},
+        )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == origin
+        assert api.app.heartbeat_fast_path.answered == before  # CORSMiddleware answered
+        same_origin = await api.as_candidate("POST", "alice", "heartbeat", token)
+        assert same_origin.status_code == 200
+        assert api.app.heartbeat_fast_path.answered == before + 1

@@ -191,3 +191,30 @@ async def test_a_restart_while_idle_costs_no_request(private_pg: PrivatePostgres
     )
     assert lost == 0
     assert statuses == [200] * 8, statuses
+
+
+async def test_a_restart_while_idle_costs_no_heartbeat(private_pg: PrivatePostgres) -> None:
+    """Heartbeat batches run on their own pool, without a check before each batch: the batch
+    that meets a connection the restart killed fails over to the regular route, which retries
+    each heartbeat on the (checked) main pool. The candidate sees only 200s."""
+    settings = make_settings(db_connect_timeout_seconds=CONNECT_TIMEOUT)
+    app = create_app(settings, database_url=private_pg.url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post(
+                "/api/v1/sessions",
+                json={"candidate_id": "idle-beat", "create_candidate": True},
+                headers={"Authorization": f"Bearer {STAFF_KEY}"},
+            )
+            auth = {"Authorization": f"Bearer {response.json()['token']}"}
+            url = "/api/v1/sessions/idle-beat/heartbeat"
+            assert (await client.post(url, headers=auth)).status_code == 200
+            before = app.heartbeat_fast_path.answered
+            await asyncio.to_thread(private_pg.stop)
+            await asyncio.to_thread(private_pg.start)
+            statuses = [(await client.post(url, headers=auth)).status_code for _ in range(4)]
+            fast_answered = app.heartbeat_fast_path.answered - before
+    report("db_restart_idle_heartbeat", faults=1, requests=4, failed=4 - statuses.count(200))
+    assert statuses == [200] * 4, statuses
+    assert fast_answered >= 2  # the fast path is back once its pool has reconnected

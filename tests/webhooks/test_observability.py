@@ -176,3 +176,38 @@ def test_redaction_is_a_last_line_of_defence() -> None:
     assert redact("Authorization: Bearer abc.def.ghi") == "Authorization: Bearer ***"
     assert redact("postgresql://app:hunter2@db.example/x") == "postgresql://app:***@db.example/x"
     assert "hunter2" not in redact("host=db password=hunter2 sslmode=require")
+
+
+async def test_accepted_heartbeats_are_logged_only_at_debug(db_url: str) -> None:
+    """Accepted heartbeats are most of the traffic: at the default INFO level they write no
+    access line (the metrics count them); a refused heartbeat still does."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    buffer = io.StringIO()
+    configure_logging(make_settings(log_format="json", log_level="INFO"), stream=buffer)
+    try:
+        async with serving(db_url) as api:
+            token = (await api.start("cand-quiet"))["token"]
+            before = await scrape(api)
+            for _ in range(3):
+                beat = await api.as_candidate("POST", "cand-quiet", "heartbeat", token)
+                assert beat.status_code == 200
+            after = await scrape(api)
+            await api.as_candidate("POST", "cand-quiet", "complete", token)
+            refused = await api.as_candidate("POST", "cand-quiet", "heartbeat", token)
+            assert refused.status_code == 409
+    finally:
+        root.handlers[:], root.level = saved
+    lines = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    beats = [
+        line
+        for line in lines
+        if line["logger"] == "invigilator.access" and line.get("route") == HEARTBEAT_ROUTE
+    ]
+    assert [line["status"] for line in beats] == [409]
+    counted = value(
+        after, "invigilator_http_requests_total", method="POST", route=HEARTBEAT_ROUTE, status="200"
+    ) - value(
+        before, "invigilator_http_requests_total", method="POST", route=HEARTBEAT_ROUTE, status="200"
+    )
+    assert counted == 3
