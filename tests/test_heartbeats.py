@@ -122,3 +122,36 @@ async def test_batch_works_on_a_uuid_keyed_host_table(empty_db_url: str) -> None
         assert set(clocks) == {upper, str(ids[1])}
         with pytest.raises(InvalidInput, match="uuid"):  # a 422 through the API
             await HeartbeatBatcher(store).beat("not-a-uuid")
+
+
+class _CountingStore(SessionStore):
+    """The real store, counting the batches it writes."""
+
+    batches: list[int]
+
+    async def heartbeat_batch(self, beats: dict[str, bool], conn: Any = None) -> Any:
+        self.batches.append(len(beats))
+        return await super().heartbeat_batch(beats, conn)
+
+
+@pytest.mark.parametrize(("linger", "expected"), [(0.0, [1, 4]), (0.5, [5])])
+async def test_linger_gathers_heartbeats_that_arrive_one_by_one(
+    store: SessionStore, db: psycopg.Connection[Any], linger: float, expected: list[int]
+) -> None:
+    """Heartbeats that arrive in separate turns of the event loop: without a linger the first
+    is written alone at once; with one, the idle writer waits and they share a batch."""
+    counting = _CountingStore(store.pool, store.policy)
+    counting.batches = []
+    ids = [add_candidate(db) for _ in range(5)]
+    for cid in ids:
+        await store.start(cid)
+    batcher = HeartbeatBatcher(counting, linger=linger)
+    pending = []
+    for cid in ids:
+        pending.append(asyncio.ensure_future(batcher.beat(cid)))
+        for _ in range(3):  # let the writer run: it takes what is queued, or lingers
+            await asyncio.sleep(0)
+    clocks = await asyncio.gather(*pending)
+    assert {c.candidate_id for c in clocks} == set(ids)
+    assert counting.batches == expected
+    await batcher.close()

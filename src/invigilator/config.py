@@ -35,6 +35,9 @@ class Settings(BaseSettings):
 
     # Database pool and timeouts.
     pool_min_size: int = Field(default=2, ge=1)
+    # How long a heartbeat waits for company before its batch is written: fewer commits
+    # (WAL flushes) at moderate load for a few ms of latency (BENCHMARKS.md). 0: at once.
+    heartbeat_linger_ms: float = Field(default=5, ge=0, le=1000)
     pool_max_size: int = Field(default=10, ge=1)
     db_connect_timeout_seconds: float = Field(default=5, gt=0)
     statement_timeout_ms: int = Field(default=10_000, ge=0)

@@ -79,8 +79,10 @@ async def test_ordinary_heartbeats_are_answered_by_the_fast_path(api: Api) -> No
     assert empty.status_code == 200
     assert fast_path.answered == before + 4
     # An unusual one is the regular route's: the count does not move.
-    odd = await api.as_candidate("POST", "alice", "heartbeat", token, json={"active": 1})
+    odd = await api.as_candidate("POST", "alice", "heartbeat", token, json={"active": [1]})
     assert odd.status_code == 422
+    extra = await api.as_candidate("POST", "alice", "heartbeat", token, json={"note": "x"})
+    assert extra.status_code == 200
     assert fast_path.answered == before + 4
 
 

@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
             await heartbeat_pool.open(wait=False)
             running.push_async_callback(heartbeat_pool.close)
             store = SessionStore(pool, settings.policy(), heartbeat_pool=heartbeat_pool)
-            heartbeats = HeartbeatBatcher(store)
+            heartbeats = HeartbeatBatcher(store, linger=settings.heartbeat_linger_ms / 1000)
             running.push_async_callback(heartbeats.close)  # queued heartbeats are written
             app.state.runtime = Runtime(
                 settings=settings,
