@@ -40,8 +40,10 @@ MAX_SPAN = timedelta(days=3660)
 #: Width of the minute histograms (abandonment by minute, duration histogram).
 DEFAULT_MINUTE_BUCKET = 5
 MAX_LIVE_LIMIT = 10_000
-#: work_mem of the summary's transaction: a million sessions' narrow rows fit in memory.
-SUMMARY_WORK_MEM = "64MB"
+#: work_mem of the summary's read-only transaction: the narrow rows of a million sessions
+#: (about 100 MB) stay in memory instead of spilling to disk between the passes over them.
+#: An upper bound: a smaller window uses what it needs.
+SUMMARY_WORK_MEM = "256MB"
 
 #: Endings where the candidate gave up rather than finished: the abandonment population.
 GAVE_UP_METHODS = (Method.HEARTBEAT_TIMEOUT, Method.TAB_CLOSE, Method.ADMIN_TERMINATED)

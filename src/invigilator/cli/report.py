@@ -140,18 +140,25 @@ async def _collect(
     bucket: int,
     with_live: bool,
 ) -> tuple[Summary, Live | None]:
+    size = 2 if with_live else 1
     pool = SessionStore.pool_for(
         db.url,
-        min_size=1,
-        max_size=1,
+        min_size=size,
+        max_size=size,
         timeout=settings.db_connect_timeout_seconds,
         statement_timeout_ms=settings.statement_timeout_ms,
     )
     await pool.open(wait=True, timeout=settings.db_connect_timeout_seconds)
     try:
         policy = settings.policy()
-        summary = await analytics.summary(pool, since, until, policy, tz=tz, minute_bucket=bucket)
-        live = await analytics.live(pool, policy, limit=10) if with_live else None
+        # The live view runs beside the summary, on its own connection.
+        summary_task = asyncio.ensure_future(
+            analytics.summary(pool, since, until, policy, tz=tz, minute_bucket=bucket)
+        )
+        try:
+            live = await analytics.live(pool, policy, limit=10) if with_live else None
+        finally:
+            summary = await summary_task
         return summary, live
     finally:
         await pool.close()

@@ -62,16 +62,22 @@ WITH stored AS (
            CASE WHEN x.method = 'heartbeat_timeout'
                 THEN least(coalesce(x.last_heartbeat, x.test_start_time), x.ended_at)
                 WHEN x.method IN ('tab_close', 'admin_terminated') THEN x.ended_at END AS left_at,
-           -- Did they lose focus (or hide the tab) before leaving? Asked of those who gave up
-           -- only (a CASE branch runs its subquery only when taken): one probe of the event
-           -- log by candidate_id per such session.
+           -- Who gave up, and when their session ended: `focus` probes the event log for them.
            CASE WHEN x.method IN ('heartbeat_timeout', 'tab_close', 'admin_terminated')
-                THEN EXISTS (SELECT FROM test_session_event e
-                              WHERE e.candidate_id = x.candidate_id
-                                AND e.type IN ('focus_lost', 'tab_hidden')
-                                AND e.at <= x.ended_at)
-                ELSE false END AS focus_before
+                THEN x.candidate_id END AS leaver_id,
+           CASE WHEN x.method IN ('heartbeat_timeout', 'tab_close', 'admin_terminated')
+                THEN x.ended_at END AS leaver_end
       FROM stored x
+), focus AS (
+    -- Those who gave up and lost focus (or hid the tab) before the end: one probe of the
+    -- event log by candidate_id per such session (idx_test_session_event_focus).
+    SELECT count(*) AS n
+      FROM s
+     WHERE s.leaver_id IS NOT NULL
+       AND EXISTS (SELECT FROM test_session_event e
+                    WHERE e.candidate_id = s.leaver_id
+                      AND e.type IN ('focus_lost', 'tab_hidden')
+                      AND e.at <= s.leaver_end)
 ), totals AS (
     SELECT count(*) AS total,
            count(*) FILTER (WHERE status = 'active') AS active,
@@ -86,7 +92,7 @@ WITH stored AS (
            count(*) FILTER (WHERE method = 'heartbeat_timeout') AS heartbeat_timeout,
            count(*) FILTER (WHERE method = 'admin_terminated') AS admin_terminated,
            count(*) FILTER (WHERE gave_up) AS gave_up,
-           count(*) FILTER (WHERE gave_up AND focus_before) AS gave_up_focus,
+           (SELECT n FROM focus) AS gave_up_focus,
            count(duration_s) AS duration_n,
            avg(duration_s) AS duration_mean,
            percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY duration_s) AS duration_pct,
@@ -95,19 +101,28 @@ WITH stored AS (
                WITHIN GROUP (ORDER BY duration_s / nullif(allowed_s, 0)) AS share_pct
       FROM s
 ), per_session AS (
-    -- By sections completed, by start day, by duration bucket: one pass, three groupings.
+    -- By sections completed, by start day, by duration bucket: one pass over the sessions
+    -- into their (sections, day, bucket) cells (one hash key per row, not three), then the
+    -- three groupings over those few thousand cells.
     SELECT GROUPING(sections) = 0 AS by_sections, GROUPING(day) = 0 AS by_day,
            GROUPING(duration_b) = 0 AS by_duration,
            sections, day, duration_b,
-           count(*) AS n,
-           count(*) FILTER (WHERE gave_up) AS gave_up,
-           count(*) FILTER (WHERE status = 'completed') AS completed,
-           count(*) FILTER (WHERE status = 'abandoned') AS abandoned,
-           count(*) FILTER (WHERE status = 'active') AS active
-      FROM (SELECT sections, gave_up, status,
-                   (started_at AT TIME ZONE %(tz)s::text)::date AS day,
-                   floor(duration_s / (%(bucket)s::int * 60))::int AS duration_b
-              FROM s) y
+           sum(n)::bigint AS n,
+           sum(gave_up)::bigint AS gave_up,
+           sum(completed)::bigint AS completed,
+           sum(abandoned)::bigint AS abandoned,
+           sum(active)::bigint AS active
+      FROM (SELECT sections, day, duration_b,
+                   count(*) AS n,
+                   count(*) FILTER (WHERE gave_up) AS gave_up,
+                   count(*) FILTER (WHERE status = 'completed') AS completed,
+                   count(*) FILTER (WHERE status = 'abandoned') AS abandoned,
+                   count(*) FILTER (WHERE status = 'active') AS active
+              FROM (SELECT sections, gave_up, status,
+                           (started_at AT TIME ZONE %(tz)s::text)::date AS day,
+                           floor(duration_s / (%(bucket)s::int * 60))::int AS duration_b
+                      FROM s) y
+             GROUP BY sections, day, duration_b) cells
      GROUP BY GROUPING SETS ((sections), (day), (duration_b))
 ), per_leaver AS (
     -- Those who gave up, by minute into the test, hour and weekday: one pass, three groupings.
