@@ -134,12 +134,13 @@ class _CountingStore(SessionStore):
         return await super().heartbeat_batch(beats, conn)
 
 
-@pytest.mark.parametrize(("linger", "expected"), [(0.0, [1, 4]), (0.5, [5])])
+@pytest.mark.parametrize(("linger", "expected"), [(0.0, [1, 4]), (5.0, [2, 3])])
 async def test_linger_gathers_heartbeats_that_arrive_one_by_one(
     store: SessionStore, db: psycopg.Connection[Any], linger: float, expected: list[int]
 ) -> None:
     """Heartbeats that arrive in separate turns of the event loop: without a linger the first
-    is written alone at once; with one, the idle writer waits and they share a batch."""
+    is written alone at once; with one, the idle writer waits for company (as many as its last
+    batch held, at least two), not for the whole linger (5 s here)."""
     counting = _CountingStore(store.pool, store.policy)
     counting.batches = []
     ids = [add_candidate(db) for _ in range(5)]

@@ -45,11 +45,19 @@ class HeartbeatBatcher:
         self._queue: list[tuple[str, bool, asyncio.Future[Clock]]] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # The linger ends early once as many heartbeats are queued as the last batch held:
+        # when they come in waves (every client waiting for the previous batch), the wave is
+        # all there long before the linger is over.
+        self._expected = 2
+        self._company: asyncio.Future[None] | None = None
 
     async def beat(self, candidate_id: str, *, active: bool = False) -> Clock:
         """Record a heartbeat; returns the session's clock once committed."""
         future: asyncio.Future[Clock] = asyncio.get_running_loop().create_future()
         self._queue.append((candidate_id, active, future))
+        company = self._company
+        if company is not None and len(self._queue) >= self._expected and not company.done():
+            company.set_result(None)
         if self._in_flight < self.max_in_flight:
             self._in_flight += 1
             self._spawn(self._drain())
@@ -69,23 +77,53 @@ class HeartbeatBatcher:
         # One connection for as long as there is work: under load the batches follow each
         # other on it; when the queue is empty it goes back to the pool.
         try:
-            if self.linger:
-                await asyncio.sleep(self.linger)
+            await self._linger()
             while self._queue:
                 batch = self._take()
-                try:
-                    async with self.store.heartbeat_connection() as conn:
-                        while True:
-                            await self._write(batch, conn)
-                            if not self._queue:
-                                break
-                            batch = self._take()
-                except Exception as exc:  # the batch failed: every caller hears why
-                    for _, _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
+                retried = False
+                while True:
+                    try:
+                        await self._run(batch)
+                        break
+                    except _Broken as exc:
+                        if retried:  # the database is really gone: every caller hears it
+                            _fail(batch, exc.error)
+                            break
+                        retried = True  # a connection a restart killed: once more on a new one
+                    except Exception as exc:  # the batch failed: every caller hears why
+                        _fail(batch, exc)
+                        break
         finally:
             self._in_flight -= 1
+
+    async def _linger(self) -> None:
+        if not self.linger or len(self._queue) >= self._expected:
+            return
+        loop = asyncio.get_running_loop()
+        self._company = company = loop.create_future()
+        timer = loop.call_later(self.linger, _settle, company)
+        try:
+            await company
+        finally:
+            timer.cancel()
+            self._company = None
+
+    async def _run(self, batch: list[tuple[str, bool, asyncio.Future[Clock]]]) -> None:
+        """Write `batch`, then whatever queued meanwhile, on one connection (under load the
+        batches follow each other on it; when the queue is empty it goes back to the pool).
+        Returns when the queue is empty; raises for the batch being written when it failed."""
+        async with self.store.heartbeat_connection() as conn:
+            while True:
+                try:
+                    await self._write(batch, conn)
+                except Exception as exc:
+                    if conn.broken:
+                        raise _Broken(exc) from exc
+                    raise
+                self._expected = max(2, len(batch))
+                if not self._queue:
+                    return
+                batch[:] = self._take()  # the caller's `batch` is the one in flight
 
     async def _write(
         self,
@@ -127,3 +165,22 @@ class HeartbeatBatcher:
         while self._tasks:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+class _Broken(Exception):
+    """A batch failed because its connection died (a database restart, a network cut)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _fail(batch: list[tuple[str, bool, asyncio.Future[Clock]]], error: Exception) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _settle(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -225,8 +225,9 @@ class SessionStore:
         - prepared from the first use, with a generic plan: the planner otherwise re-plans
           the batch statement for every array of ids (custom plans), which cost more CPU in
           PostgreSQL than executing a batch of ten (BENCHMARKS.md);
-        - no liveness check before each batch: a batch that fails on a dead connection fails
-          its heartbeats over to the regular route, which retries each one on the main pool.
+        - no liveness check before each batch (a round trip each): a batch that fails on a
+          connection that died (a database restart) is written once more on a new one
+          (HeartbeatBatcher).
         """
 
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:

@@ -115,18 +115,52 @@ async def test_rate_limit_on_the_fast_path_counts_once_and_answers_like_the_midd
 
 
 async def test_cross_origin_heartbeats_get_the_cors_headers(api_with: Any) -> None:
+    """Browsers send Origin with every POST, same-origin ones included: the fast path answers
+    them with the app's own CORS rules."""
     origin = "https://exam.example"
     async with api_with(cors_origins=[origin]) as api:
         token = (await api.start("alice"))["token"]
         before = api.app.heartbeat_fast_path.answered
-        response = await api.client.post(
+
+        async def beat(**headers: str) -> Any:
+            return await api.client.post(
+                "/api/v1/sessions/alice/heartbeat",
+                json={"active": True},
+                headers={**api.bearer(token), **headers},
+            )
+
+        allowed = await beat(Origin=origin)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == origin
+        assert "Origin" in allowed.headers["vary"]
+        other = await beat(Origin="https://elsewhere.example")
+        assert other.status_code == 200
+        assert "access-control-allow-origin" not in other.headers
+        assert "Origin" in other.headers["vary"]
+        assert api.app.heartbeat_fast_path.answered == before + 2
+        # The regular route answers the same way (an extra key sends it there).
+        routed = await api.client.post(
             "/api/v1/sessions/alice/heartbeat",
-            json={"active": True},
+            json={"active": True, "note": "x"},
             headers={**api.bearer(token), "Origin": origin},
         )
-        assert response.status_code == 200
-        assert response.headers["access-control-allow-origin"] == origin
-        assert api.app.heartbeat_fast_path.answered == before  # CORSMiddleware answered
-        same_origin = await api.as_candidate("POST", "alice", "heartbeat", token)
-        assert same_origin.status_code == 200
-        assert api.app.heartbeat_fast_path.answered == before + 1
+        assert routed.headers["access-control-allow-origin"] == origin
+        assert api.app.heartbeat_fast_path.answered == before + 2
+
+
+async def test_a_body_larger_than_a_heartbeat_goes_to_the_route_whole(api_with: Any) -> None:
+    async with api_with(max_body_bytes=1024) as api:
+        token = (await api.start("alice"))["token"]
+        padded = b'{"active": true}' + b" " * 4000  # one piece, over the body limit
+        response = await api.client.post(
+            "/api/v1/sessions/alice/heartbeat",
+            content=padded,
+            headers={**api.bearer(token), "Content-Type": "application/json"},
+        )
+        assert_problem(response, 413, "payload_too_large")
+        nested = await api.client.post(
+            "/api/v1/sessions/alice/heartbeat",
+            content=b"[" * 200,
+            headers={**api.bearer(token), "Content-Type": "application/json"},
+        )
+        assert_problem(nested, 422, "validation_error")

@@ -8,6 +8,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from importlib import resources
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
@@ -119,21 +120,29 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     app.mount("/static", StaticFiles(directory=str(static_dir)), name="static")
 
     limits = RateLimits(settings)
+    cors: dict[str, Any] | None = (
+        {
+            "allow_origins": settings.cors_origins,
+            "allow_methods": ["GET", "POST", "PATCH"],
+            "allow_headers": ["Authorization", "Content-Type"],
+        }
+        if settings.cors_origins
+        else None
+    )
     # In front of everything: ordinary heartbeats are answered in one pass (api/fastpath.py)
-    # that applies the same limits, headers, logs and metrics as the chain below.
-    app.heartbeat_fast_path = HeartbeatFastPath(app, limits, cors=bool(settings.cors_origins))
+    # that applies the same limits, headers, CORS, logs and metrics as the chain below. With
+    # INVIGILATOR_OTEL, every request goes through FastAPI's instrumentation instead.
+    if not settings.otel:
+        app.heartbeat_fast_path = HeartbeatFastPath(
+            app, limits, CORSMiddleware(app, **cors) if cors else None
+        )
     # Its 429s get the security (and CORS) headers added below.
     app.add_middleware(RateLimit, limits=limits)
 
     app.add_middleware(SecurityHeaders)
 
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "PATCH"],
-            allow_headers=["Authorization", "Content-Type"],
-        )
+    if cors:
+        app.add_middleware(CORSMiddleware, **cors)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Outermost: request ids, access log, metrics, and GET /metrics (api/observability.py).
     observability.install(app, settings)

@@ -9,14 +9,17 @@ within the rate limits, and a session that takes the heartbeat. It does what the
 would have done for that request by calling the same functions: the request id and the
 access log and metrics (`observability`), the rate limits (`ratelimit.RateLimits`), the
 security headers (`headers`). Anything else — no or bad token, another candidate's token, an
-odd body, a refused session, a cross-origin request when CORS is on — is handed, untouched
-(the body read so far is replayed), to the regular stack, which owns every error answer.
+odd body, a refused session — is handed, untouched (the body read so far is replayed), to
+the regular stack, which owns those answers. The fast path answers only its own outcomes:
+the heartbeat's 200, a 429 from the shared rate limits, a 503 when the database is
+unavailable (the route would only wait for it again), a 500 for the unexpected.
 Both paths write through the same HeartbeatBatcher and answer with the same HeartbeatResponse
 model.
 """
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -26,13 +29,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from invigilator import metrics
-from invigilator.api import observability, schemas, tokens
+from invigilator.api import observability, problems, schemas, tokens
 from invigilator.api.headers import RAW_SECURITY_HEADERS
 from invigilator.api.ratelimit import RateLimits
-from invigilator.domain import MAX_CANDIDATE_ID_LENGTH, InvigilatorError
+from invigilator.domain import (
+    MAX_CANDIDATE_ID_LENGTH,
+    DatabaseUnavailable,
+    InvigilatorError,
+    SchemaProblem,
+)
 from invigilator.validation import PRINTABLE
 
 log = logging.getLogger(__name__)
@@ -66,10 +76,10 @@ class InvigilatorAPI(FastAPI):
 
 
 class HeartbeatFastPath:
-    def __init__(self, app: FastAPI, limits: RateLimits, *, cors: bool) -> None:
+    def __init__(self, app: FastAPI, limits: RateLimits, cors: CORSMiddleware | None) -> None:
         self.app = app
         self.limits = limits
-        self.cors = cors
+        self.cors = cors  # the app's own CORS settings, applied to the fast path's answers
         self.answered = 0  # heartbeats this path answered itself (tests read it)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, regular: ASGIApp) -> None:
@@ -83,86 +93,109 @@ class HeartbeatFastPath:
             or runtime is None
             or len(candidate_id) > MAX_CANDIDATE_ID_LENGTH
             or not PRINTABLE.match(candidate_id)
-            or (self.cors and _has_header(scope, b"origin"))  # CORSMiddleware's to answer
+            or not _opens(token, candidate_id, runtime.secret_key)  # before reading any body
         ):
             await regular(scope, receive, send)
             return
 
-        body, more = await _read_body(receive)
+        body, more, gone = await _read_body(receive)
+        if gone:  # the client left before its body arrived: nobody to answer
+            return
         replay = _replaying(body, more, receive)
-        active = None if more else _active(body)
-        if active is None or not _opens(token, candidate_id, runtime.secret_key):
+        active = None if more or len(body) > _MAX_BODY else _active(body)
+        if active is None:
             await regular(scope, replay, send)
             return
 
         started = time.perf_counter()
         request_id = observability.request_id_from(scope["headers"])
+        scope[observability.REQUEST_ID_SCOPE] = request_id  # kept if handed over below
         token_var = observability.REQUEST_ID.set(request_id)
+        scope["route"] = _ROUTE
         metrics.HTTP_IN_PROGRESS.inc()
-        status = 500
         try:
-            scope["route"] = _ROUTE
-            refused = self.limits.take(scope, candidate_id, token_opens=True)
-            if refused is not None:
-                status = refused.status_code
-                await refused(scope, replay, _with_headers(send, request_id))
-                return
-            try:
-                clock = await runtime.heartbeats.beat(candidate_id, active=active)
-            except Exception as exc:  # refused or failed: the route finalizes and explains
-                if not isinstance(exc, InvigilatorError):
-                    log.exception("heartbeat fast path failed; handing over to the route")
-                scope.pop("route", None)
-                status = 0  # the regular stack records this request itself
-                await regular(scope, replay, send)
-                return
-            payload = (
-                schemas.HeartbeatResponse.model_construct(
-                    **schemas.clock(clock),
-                    next_heartbeat_seconds=runtime.policy.heartbeat_interval.total_seconds(),
-                )
-                .model_dump_json()
-                .encode()
-            )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        _JSON,
-                        (b"content-length", str(len(payload)).encode()),
-                        (b"x-request-id", request_id.encode()),
-                        *RAW_SECURITY_HEADERS,
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": payload})
-            status = 200
-            self.answered += 1
+            answer = await self._answer(scope, runtime, candidate_id, active)
+        except _HandOver:  # a refusal: the route finalizes, explains and answers
+            metrics.HTTP_IN_PROGRESS.dec()
+            observability.REQUEST_ID.reset(token_var)
+            scope.pop("route", None)
+            await regular(scope, replay, send)
+            return
+        try:
+            await answer(scope, replay, self._decorated(send, scope, request_id))
         finally:
             metrics.HTTP_IN_PROGRESS.dec()
-            if status:
-                observability.record(scope, status, time.perf_counter() - started, request_id)
+            observability.record(
+                scope, answer.status_code, time.perf_counter() - started, request_id
+            )
+            sampler = getattr(self.app.state, "pool_sampler", None)
+            if sampler is not None:
+                sampler()
             observability.REQUEST_ID.reset(token_var)
 
+    async def _answer(self, scope: Scope, runtime: Any, candidate_id: str, active: bool) -> Any:
+        """The response for an ordinary heartbeat, or _HandOver for a refusal."""
+        refused = self.limits.take(scope, candidate_id, token_opens=True)
+        if refused is not None:
+            return refused
+        try:
+            clock = await runtime.heartbeats.beat(candidate_id, active=active)
+        except (DatabaseUnavailable, SchemaProblem) as exc:  # the route would only wait again
+            return problems.domain_problem(exc)
+        except InvigilatorError:
+            raise _HandOver from None
+        except Exception:
+            log.exception("unexpected error on a heartbeat")
+            return problems.unexpected_problem()
+        self.answered += 1
+        return _Json(
+            schemas.HeartbeatResponse.model_construct(
+                **schemas.clock(clock),
+                next_heartbeat_seconds=runtime.policy.heartbeat_interval.total_seconds(),
+            )
+            .model_dump_json()
+            .encode()
+        )
 
-def _with_headers(send: Send, request_id: str) -> Send:
-    """What the middleware chain adds to a response: the request id, the security headers."""
+    def _decorated(self, send: Send, scope: Scope, request_id: str) -> Send:
+        """What the middleware chain adds to every response: the request id, the security
+        headers, and CORS (through the app's own CORSMiddleware settings)."""
 
-    async def sending(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"] = [
-                *message.get("headers", []),
-                (b"x-request-id", request_id.encode()),
-                *RAW_SECURITY_HEADERS,
-            ]
-        await send(message)
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                    *RAW_SECURITY_HEADERS,
+                ]
+            await send(message)
 
-    return sending
+        if self.cors is None:
+            return sending
+        return functools.partial(self.cors.send, send=sending, request_headers=Headers(scope=scope))
 
 
-def _has_header(scope: Scope, wanted: bytes) -> bool:
-    return any(name == wanted for name, _ in scope["headers"])
+class _HandOver(Exception):
+    """The fast path steps aside: the regular stack answers this request."""
+
+
+class _Json:
+    """A 200 JSON answer, sent as two ASGI messages (what a Response does, minus its cost)."""
+
+    status_code = 200
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [_JSON, (b"content-length", str(len(self.payload)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": self.payload})
 
 
 def _bearer(scope: Scope) -> str | None:
@@ -195,21 +228,22 @@ def _active(body: bytes) -> bool | None:
     return active if isinstance(active, bool) else None
 
 
-async def _read_body(receive: Receive) -> tuple[bytes, bool]:
-    """Up to _MAX_BODY bytes of the body, and whether there is more than that."""
+async def _read_body(receive: Receive) -> tuple[bytes, bool, bool]:
+    """The body read so far (up to about _MAX_BODY bytes), whether more is coming, and whether
+    the client disconnected instead."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
-            return b"".join(chunks), False
+            return b"".join(chunks), False, True
         chunk = message.get("body", b"")
         chunks.append(chunk)
         size += len(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks), False
+            return b"".join(chunks), False, False
         if size > _MAX_BODY:
-            return b"".join(chunks), True
+            return b"".join(chunks), True, False
 
 
 def _replaying(body: bytes, more: bool, receive: Receive) -> Receive:

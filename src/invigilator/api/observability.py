@@ -48,6 +48,9 @@ REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "invigilator_request_id", default=None
 )
 UNMATCHED_ROUTE = "<unmatched>"
+#: Where a request's id is kept on its scope once chosen (the fast path chooses it first when
+#: it may hand the request over), so the whole request has one id.
+REQUEST_ID_SCOPE = "invigilator.request_id"
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -85,7 +88,7 @@ class ObservabilityMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = request_id_from(scope.get("headers", []))
+        request_id = scope.get(REQUEST_ID_SCOPE) or request_id_from(scope.get("headers", []))
         token = REQUEST_ID.set(request_id)
         status = 500
         started = time.perf_counter()
@@ -268,6 +271,7 @@ class MetricsListener:
 def install(app: FastAPI, settings: Settings) -> None:
     """Add the middleware and `/metrics` (or its own listener) to an app from `create_app`."""
     sampler = _PoolSampler(app)
+    app.state.pool_sampler = sampler  # the heartbeat fast path calls it too
     app.add_middleware(ObservabilityMiddleware, on_response=sampler)
     if not settings.metrics_enabled:
         return

@@ -63,14 +63,23 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 
+def domain_problem(exc: domain.InvigilatorError) -> JSONResponse:
+    """The answer to a domain error (the regular routes and the heartbeat fast path)."""
+    status = STATUS_OF_CODE.get(exc.code, 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": "2"}
+    return problem(status, exc.code, exc.message, headers, exc.detail)
+
+
+def unexpected_problem() -> JSONResponse:
+    return problem(500, "internal_error", "an unexpected error; it has been logged")
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(domain.InvigilatorError)
     async def _domain(request: Request, exc: domain.InvigilatorError) -> JSONResponse:
-        status = STATUS_OF_CODE.get(exc.code, 400)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        if status == 503:
-            headers = {"Retry-After": "2"}
-        return problem(status, exc.code, exc.message, headers, exc.detail)
+        return domain_problem(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -97,4 +106,4 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return problem(500, "internal_error", "an unexpected error; it has been logged")
+        return unexpected_problem()
