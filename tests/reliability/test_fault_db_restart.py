@@ -7,8 +7,10 @@ The test runs on a private PostgreSQL (`private_pg`): the shared test server nev
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -160,24 +162,16 @@ async def test_a_restart_while_idle_costs_no_request(private_pg: PrivatePostgres
     settings = make_settings(
         db_connect_timeout_seconds=CONNECT_TIMEOUT, pool_min_size=4, pool_max_size=4
     )
-    app = create_app(settings, database_url=private_pg.url)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.post(
-                "/api/v1/sessions",
-                json={"candidate_id": "idle", "create_candidate": True},
-                headers={"Authorization": f"Bearer {STAFF_KEY}"},
-            )
-            candidate = Candidate("idle", response.json()["token"])
-            await app.state.runtime.store.pool.wait(timeout=10)  # all 4 connections open
-            await asyncio.to_thread(private_pg.stop)
-            await asyncio.to_thread(private_pg.start)
-            statuses = []
-            for seq in range(1, 9):
-                response = await candidate.save(client, seq)
-                assert response is not None
-                statuses.append(response.status_code)
+    async with _started(private_pg, settings, "idle") as (app, client, token):
+        candidate = Candidate("idle", token)
+        await app.state.runtime.store.pool.wait(timeout=10)  # all 4 connections open
+        await asyncio.to_thread(private_pg.stop)
+        await asyncio.to_thread(private_pg.start)
+        statuses = []
+        for seq in range(1, 9):
+            response = await candidate.save(client, seq)
+            assert response is not None
+            statuses.append(response.status_code)
     acknowledged = len(candidate.acknowledged)
     row = await _row(private_pg.url, "idle")
     lost = len(lost_answers(candidate, row["pending_answers"]))
@@ -198,34 +192,26 @@ async def test_a_restart_while_idle_costs_no_heartbeat(private_pg: PrivatePostgr
     that meets a connection the restart killed is written once more on a new connection.
     The candidate sees only 200s, through the fast path and through the regular route."""
     settings = make_settings(db_connect_timeout_seconds=CONNECT_TIMEOUT)
-    app = create_app(settings, database_url=private_pg.url)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.post(
-                "/api/v1/sessions",
-                json={"candidate_id": "idle-beat", "create_candidate": True},
-                headers={"Authorization": f"Bearer {STAFF_KEY}"},
-            )
-            auth = {"Authorization": f"Bearer {response.json()['token']}"}
-            url = "/api/v1/sessions/idle-beat/heartbeat"
-            assert (await client.post(url, headers=auth)).status_code == 200
-            before = app.heartbeat_fast_path.answered
-            await asyncio.to_thread(private_pg.stop)
+    async with _started(private_pg, settings, "idle-beat") as (app, client, token):
+        auth = {"Authorization": f"Bearer {token}"}
+        url = "/api/v1/sessions/idle-beat/heartbeat"
+        assert (await client.post(url, headers=auth)).status_code == 200
+        before = app.heartbeat_fast_path.answered
+        await asyncio.to_thread(private_pg.stop)
+        await asyncio.to_thread(private_pg.start)
+        statuses = [(await client.post(url, headers=auth)).status_code for _ in range(4)]
+        fast_answered = app.heartbeat_fast_path.answered - before
+        # The regular route (an extra key in the body) after a second restart.
+        await asyncio.to_thread(private_pg.stop)
+        await asyncio.to_thread(private_pg.start)
+        routed = await client.post(url, headers=auth, json={"active": True, "note": "x"})
+        statuses.append(routed.status_code)
+        # The database down: a fast, well-formed 503 from the fast path itself.
+        await asyncio.to_thread(private_pg.stop)
+        try:
+            down = await client.post(url, headers=auth)
+        finally:
             await asyncio.to_thread(private_pg.start)
-            statuses = [(await client.post(url, headers=auth)).status_code for _ in range(4)]
-            fast_answered = app.heartbeat_fast_path.answered - before
-            # The regular route (an extra key in the body) after a second restart.
-            await asyncio.to_thread(private_pg.stop)
-            await asyncio.to_thread(private_pg.start)
-            routed = await client.post(url, headers=auth, json={"active": True, "note": "x"})
-            statuses.append(routed.status_code)
-            # The database down: a fast, well-formed 503 from the fast path itself.
-            await asyncio.to_thread(private_pg.stop)
-            try:
-                down = await client.post(url, headers=auth)
-            finally:
-                await asyncio.to_thread(private_pg.start)
     report("db_restart_idle_heartbeat", faults=2, requests=5, failed=5 - statuses.count(200))
     assert statuses == [200] * 5, statuses
     assert fast_answered == 4  # every ordinary one answered by the fast path
@@ -233,3 +219,21 @@ async def test_a_restart_while_idle_costs_no_heartbeat(private_pg: PrivatePostgr
     assert down.headers["content-type"].startswith("application/problem+json")
     assert down.json()["code"] == "database_unavailable"
     assert down.headers["retry-after"] == "2" and "x-request-id" in down.headers
+
+
+@contextlib.asynccontextmanager
+async def _started(
+    private_pg: PrivatePostgres, settings: Any, candidate_id: str
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient, str]]:
+    """An app on the private server, a client for it, and a started session's token."""
+    app = create_app(settings, database_url=private_pg.url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.post(
+                "/api/v1/sessions",
+                json={"candidate_id": candidate_id, "create_candidate": True},
+                headers={"Authorization": f"Bearer {STAFF_KEY}"},
+            )
+            assert response.status_code == 201, response.text
+            yield app, client, response.json()["token"]
