@@ -10,7 +10,9 @@ one connection. When the writer is idle, the first heartbeat waits `linger` seco
 default, INVIGILATOR_HEARTBEAT_LINGER_MS) for company: at moderate load that turns one commit
 per heartbeat into one per handful, for a delay nobody sees in a 15 s rhythm. A heartbeat is
 answered only after its batch committed, so an acknowledged heartbeat is durable, like any
-other write.
+other write. With one batch at a time, a batch waiting on a row lock (a staff action holding
+a session) holds the next ones back: at most `INVIGILATOR_STATEMENT_TIMEOUT_MS` (10 s), after
+which that batch fails and its heartbeats are answered 503.
 """
 
 from __future__ import annotations
