@@ -30,6 +30,9 @@ from invigilator.store import SessionStore
 
 log = logging.getLogger(__name__)
 
+#: A queued heartbeat: candidate_id, active, and the future its caller awaits.
+_Beat = tuple[str, bool, asyncio.Future[Clock]]
+
 
 class HeartbeatBatcher:
     def __init__(
@@ -44,7 +47,7 @@ class HeartbeatBatcher:
         self.linger = linger
         self.max_batch = max_batch
         self.max_in_flight = max_in_flight
-        self._queue: list[tuple[str, bool, asyncio.Future[Clock]]] = []
+        self._queue: list[_Beat] = []
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
         # The linger ends early once as many heartbeats are queued as the last batch held:
@@ -70,31 +73,27 @@ class HeartbeatBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _take(self) -> list[tuple[str, bool, asyncio.Future[Clock]]]:
+    def _take(self) -> list[_Beat]:
         batch = self._queue[: self.max_batch]
         del self._queue[: self.max_batch]
         return batch
 
     async def _drain(self) -> None:
-        # One connection for as long as there is work: under load the batches follow each
-        # other on it; when the queue is empty it goes back to the pool.
         try:
             await self._linger()
             while self._queue:
                 batch = self._take()
-                retried = False
-                while True:
+                try:
+                    await self._run(batch)
+                except _Failed as failed:
+                    if not failed.broken:
+                        _fail(failed.batch, failed.error)
+                        continue
+                    # A connection a restart killed: that batch once more, on a new one.
                     try:
-                        await self._run(batch)
-                        break
-                    except _Broken as exc:
-                        if retried:  # the database is really gone: every caller hears it
-                            _fail(batch, exc.error)
-                            break
-                        retried = True  # a connection a restart killed: once more on a new one
-                    except Exception as exc:  # the batch failed: every caller hears why
-                        _fail(batch, exc)
-                        break
+                        await self._run(failed.batch)
+                    except _Failed as again:
+                        _fail(again.batch, again.error)
         finally:
             self._in_flight -= 1
 
@@ -110,26 +109,29 @@ class HeartbeatBatcher:
             timer.cancel()
             self._company = None
 
-    async def _run(self, batch: list[tuple[str, bool, asyncio.Future[Clock]]]) -> None:
+    async def _run(self, batch: list[_Beat]) -> None:
         """Write `batch`, then whatever queued meanwhile, on one connection (under load the
         batches follow each other on it; when the queue is empty it goes back to the pool).
-        Returns when the queue is empty; raises for the batch being written when it failed."""
-        async with self.store.heartbeat_connection() as conn:
-            while True:
-                try:
-                    await self._write(batch, conn)
-                except Exception as exc:
-                    if conn.broken:
-                        raise _Broken(exc) from exc
-                    raise
-                self._expected = max(2, len(batch))
-                if not self._queue:
-                    return
-                batch[:] = self._take()  # the caller's `batch` is the one in flight
+        Raises _Failed with the batch that could not be written."""
+        try:
+            async with self.store.heartbeat_connection() as conn:
+                while True:
+                    try:
+                        await self._write(batch, conn)
+                    except Exception as exc:
+                        raise _Failed(batch, exc, broken=conn.broken) from exc
+                    self._expected = max(2, len(batch))
+                    if not self._queue:
+                        return
+                    batch = self._take()
+        except _Failed:
+            raise
+        except Exception as exc:  # no connection to be had
+            raise _Failed(batch, exc, broken=False) from exc
 
     async def _write(
         self,
-        batch: list[tuple[str, bool, asyncio.Future[Clock]]],
+        batch: list[_Beat],
         conn: psycopg.AsyncConnection[Any],
     ) -> None:
         beats: dict[str, bool] = {}
@@ -169,15 +171,18 @@ class HeartbeatBatcher:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
-class _Broken(Exception):
-    """A batch failed because its connection died (a database restart, a network cut)."""
+class _Failed(Exception):
+    """A batch that could not be written; `broken`: its connection died under it (a database
+    restart, a network cut), so writing it again on a new one may well work."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, batch: list[_Beat], error: Exception, *, broken: bool) -> None:
         super().__init__(str(error))
+        self.batch = batch
         self.error = error
+        self.broken = broken
 
 
-def _fail(batch: list[tuple[str, bool, asyncio.Future[Clock]]], error: Exception) -> None:
+def _fail(batch: list[_Beat], error: Exception) -> None:
     for _, _, future in batch:
         if not future.done():
             future.set_exception(error)

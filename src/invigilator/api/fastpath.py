@@ -20,7 +20,6 @@ model.
 from __future__ import annotations
 
 import functools
-import hmac
 import json
 import logging
 import re
@@ -85,7 +84,7 @@ class HeartbeatFastPath:
     async def __call__(self, scope: Scope, receive: Receive, send: Send, regular: ASGIApp) -> None:
         match = _PATH.fullmatch(scope["path"])
         candidate_id = match[1] if match else None
-        token = _bearer(scope) if candidate_id else None
+        token = tokens.bearer(scope["headers"]) if candidate_id else None
         runtime = getattr(self.app.state, "runtime", None) if token else None
         if (
             candidate_id is None
@@ -93,7 +92,7 @@ class HeartbeatFastPath:
             or runtime is None
             or len(candidate_id) > MAX_CANDIDATE_ID_LENGTH
             or not PRINTABLE.match(candidate_id)
-            or not _opens(token, candidate_id, runtime.secret_key)  # before reading any body
+            or not tokens.opens(token, candidate_id, runtime.secret_key)  # before reading any body
         ):
             await regular(scope, receive, send)
             return
@@ -196,22 +195,6 @@ class _Json:
             }
         )
         await send({"type": "http.response.body", "body": self.payload})
-
-
-def _bearer(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
-    return None
-
-
-def _opens(token: str, candidate_id: str, secret: str) -> bool:
-    try:
-        claims = tokens.verify(token, secret)
-    except InvigilatorError:
-        return False
-    return hmac.compare_digest(claims.candidate_id.encode(), candidate_id.encode())
 
 
 def _active(body: bytes) -> bool | None:

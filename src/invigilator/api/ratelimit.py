@@ -141,16 +141,8 @@ class RateLimits:
     def opens(self, scope: Scope, candidate_id: str) -> bool:
         """Whether the request carries a valid token for this candidate (a beacon's token is in
         its body, unread here: tab-close beacons count against the IP limit only)."""
-        for name, value in scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() != "bearer":
-                    return False
-                try:
-                    return tokens.verify(token.strip(), self.secret).candidate_id == candidate_id
-                except (tokens.TokenInvalid, tokens.TokenExpired):
-                    return False
-        return False
+        token = tokens.bearer(scope.get("headers", []))
+        return token is not None and tokens.opens(token, candidate_id, self.secret)
 
 
 class RateLimit:

@@ -7,7 +7,9 @@ session ended are refused by the session's status, whatever the token says.
 
 from __future__ import annotations
 
+import hmac
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -108,3 +110,21 @@ def verify_staff_session(token: str, secret: str) -> str:
     except jwt.PyJWTError:
         raise TokenInvalid("the staff sign-in is not valid; sign in again") from None
     return str(claims["sub"])
+
+
+def bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The bearer token of an ASGI request's headers, if it has one."""
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def opens(token: str, candidate_id: str, secret: str) -> bool:
+    """Whether `token` is valid and opens `candidate_id`'s session (compared in constant time)."""
+    try:
+        claims = verify(token, secret)
+    except InvigilatorError:
+        return False
+    return hmac.compare_digest(claims.candidate_id.encode(), candidate_id.encode())
