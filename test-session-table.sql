@@ -498,4 +498,225 @@ CREATE OR REPLACE TRIGGER test_session_webhook_changed
     WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.deadline IS DISTINCT FROM NEW.deadline)
     EXECUTE FUNCTION webhook_enqueue_session_change();
 INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (2, 'webhook_outbox', 'bc98e03d9e70019ae34209accfc4f832771144e9b2bae50959b8a0bc6cf32730') ON CONFLICT (version) DO NOTHING;
+
+-- 0003 session rules: each rule of a session as one SQL function over plain values, and the
+-- timeline written by one trigger. docs/architecture.md lists where every rule lives.
+--
+-- Why plain values and not the row type: PostgreSQL inlines a SQL function whose body is one
+-- expression (so a rule costs what the expression costs, also in the sweeper's scan), and a
+-- distributed PostgreSQL (Citus) runs such calls on its shards, where the row type of
+-- `test_session` does not exist. The clock is an argument too: a statement reads it once.
+-- Idempotent, like 0001 and 0002.
+
+-- The status each completion method leads to; NULL for a name that is no completion method.
+CREATE OR REPLACE FUNCTION test_session_status_of(method text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE method
+        WHEN 'manual' THEN 'completed'
+        WHEN 'timer_expired' THEN 'completed'
+        WHEN 'tab_close' THEN 'completed'
+        WHEN 'admin' THEN 'completed'
+        WHEN 'heartbeat_timeout' THEN 'abandoned'
+        WHEN 'admin_terminated' THEN 'abandoned'
+    END
+$$;
+
+-- Whether an ending means the candidate gave up (left, went silent, or was removed by staff)
+-- rather than finished: what analytics calls "gave up" (docs/analytics.md).
+CREATE OR REPLACE FUNCTION test_session_gave_up(method text) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(method IN ('heartbeat_timeout', 'tab_close', 'admin_terminated'), false)
+$$;
+
+-- The constraints of 0001, restated through test_session_status_of so the method set and each
+-- method's status are written once.
+ALTER TABLE test_session
+    DROP CONSTRAINT IF EXISTS test_session_completion_method_check,
+    DROP CONSTRAINT IF EXISTS test_session_status_method_check;
+ALTER TABLE test_session
+    ADD CONSTRAINT test_session_completion_method_check
+        CHECK (completion_method IS NULL OR test_session_status_of(completion_method) IS NOT NULL),
+    -- active <=> not ended; an ended session's status is the one its method leads to.
+    ADD CONSTRAINT test_session_status_method_check CHECK (CASE
+        WHEN status = 'active' THEN completed_at IS NULL AND completion_method IS NULL
+        ELSE completed_at IS NOT NULL
+             AND coalesce(status = test_session_status_of(completion_method), false) END);
+
+-- How a running session will end if nothing else happens: whichever comes first of the
+-- tab-close grace running out (when the policy submits on tab close), silence with time left
+-- (a session that never sent a heartbeat counts from its start), and the deadline. A tie with
+-- the deadline is not "time left": the timer wins it; a tab close wins a tie with silence.
+CREATE OR REPLACE FUNCTION test_session_end_method(
+    deadline timestamptz, last_heartbeat timestamptz, test_start_time timestamptz,
+    tab_closed_at timestamptz, abandon_after interval, tab_close_submits boolean)
+RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE
+        WHEN tab_close_submits AND tab_closed_at < deadline
+             AND tab_closed_at <= coalesce(last_heartbeat, test_start_time) + abandon_after
+            THEN 'tab_close'
+        WHEN coalesce(last_heartbeat, test_start_time) + abandon_after < deadline
+            THEN 'heartbeat_timeout'
+        ELSE 'timer_expired'
+    END
+$$;
+
+-- When that end happens: what completed_at records (the earliest of the three moments).
+CREATE OR REPLACE FUNCTION test_session_ends_at(
+    deadline timestamptz, last_heartbeat timestamptz, test_start_time timestamptz,
+    tab_closed_at timestamptz, abandon_after interval, tab_close_submits boolean)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT least(deadline, coalesce(last_heartbeat, test_start_time) + abandon_after,
+                 CASE WHEN tab_close_submits THEN tab_closed_at END)
+$$;
+
+-- When the end may be written (the session is "due"): the deadline plus its grace, so a save
+-- in flight at the last second still lands; the tab close plus its grace, so a reload keeps
+-- the session; the silence at once.
+CREATE OR REPLACE FUNCTION test_session_due_at(
+    deadline timestamptz, last_heartbeat timestamptz, test_start_time timestamptz,
+    tab_closed_at timestamptz, abandon_after interval, deadline_grace interval,
+    tab_close_grace interval, tab_close_submits boolean)
+RETURNS timestamptz
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE test_session_end_method(deadline, last_heartbeat, test_start_time, tab_closed_at,
+                                        abandon_after, tab_close_submits)
+        WHEN 'tab_close' THEN tab_closed_at + tab_close_grace
+        WHEN 'heartbeat_timeout' THEN coalesce(last_heartbeat, test_start_time) + abandon_after
+        ELSE deadline + deadline_grace
+    END
+$$;
+
+-- "Open": active and not yet due at `at`. Every write to a running session is guarded by it,
+-- so a session past its end is ended for every caller even before the sweeper ran.
+CREATE OR REPLACE FUNCTION test_session_open(
+    status text, deadline timestamptz, last_heartbeat timestamptz, test_start_time timestamptz,
+    tab_closed_at timestamptz, abandon_after interval, deadline_grace interval,
+    tab_close_grace interval, tab_close_submits boolean, at timestamptz)
+RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT status = 'active'
+       AND at < test_session_due_at(deadline, last_heartbeat, test_start_time, tab_closed_at,
+                                    abandon_after, deadline_grace, tab_close_grace,
+                                    tab_close_submits)
+$$;
+
+-- The row-typed rule of 0001 gives way to the functions above.
+DROP FUNCTION IF EXISTS test_session_due(test_session, interval, interval, interval, boolean);
+
+-- Who acts and why, for the timeline trigger below, and the clock the rules are given: every
+-- change the service makes calls it once, in its FROM list (`FROM invigilator_act(…) AS c(at)`).
+-- A heartbeat also says after how long a silence its return is worth a `resumed` event (the
+-- policy's resume gap). The settings are local to the transaction; a change made without them
+-- (psql, the guide's own SQL) is logged with actor `sql`.
+CREATE OR REPLACE FUNCTION invigilator_act(
+    actor text, reason text DEFAULT NULL, resume_gap interval DEFAULT NULL)
+RETURNS timestamptz
+LANGUAGE sql VOLATILE AS $$
+    SELECT now()
+      FROM (SELECT set_config('invigilator.actor', actor, true),
+                   set_config('invigilator.reason', coalesce(reason, ''), true),
+                   set_config('invigilator.resume_gap', coalesce(resume_gap::text, ''), true)) AS s
+$$;
+
+-- A heartbeat after a silence longer than this logs `resumed`: the gap its statement gave
+-- invigilator_act (twice the service's heartbeat interval), else 30 s.
+CREATE OR REPLACE FUNCTION test_session_resume_gap() RETURNS interval
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(nullif(current_setting('invigilator.resume_gap', true), '')::interval,
+                    interval '30 seconds')
+$$;
+
+-- The timeline: one event per thing that happened to a session, whoever changed the row.
+CREATE OR REPLACE FUNCTION test_session_timeline() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    who text := coalesce(nullif(current_setting('invigilator.actor', true), ''), 'sql');
+    why text := nullif(current_setting('invigilator.reason', true), '');
+    changed text[];
+BEGIN
+    IF TG_ARGV[0] = 'presence' THEN
+        IF OLD.tab_closed_at IS NULL AND NEW.tab_closed_at IS NOT NULL THEN
+            INSERT INTO test_session_event (candidate_id, type, actor, detail)
+            VALUES (NEW.candidate_id, 'tab_closed', who, '{}'::jsonb);
+        END IF;
+        -- The page is back: after a tab close, or after a silence longer than the resume gap.
+        IF NEW.status = 'active' AND NEW.last_heartbeat IS DISTINCT FROM OLD.last_heartbeat
+           AND ((OLD.tab_closed_at IS NOT NULL AND NEW.tab_closed_at IS NULL)
+                OR NEW.last_heartbeat - OLD.last_heartbeat > test_session_resume_gap()) THEN
+            INSERT INTO test_session_event (candidate_id, type, actor, detail)
+            VALUES (NEW.candidate_id, 'resumed', who,
+                    jsonb_build_object(
+                        'gap_seconds',
+                        round(extract(epoch FROM NEW.last_heartbeat - OLD.last_heartbeat)::numeric, 1),
+                        'after_tab_close', OLD.tab_closed_at IS NOT NULL));
+        END IF;
+        RETURN NULL;
+    END IF;
+
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO test_session_event (candidate_id, type, actor, detail)
+        VALUES (NEW.candidate_id, 'started', who,
+                jsonb_build_object('duration_minutes', NEW.test_duration_minutes));
+        RETURN NULL;
+    END IF;
+
+    IF NEW.answer_seq IS DISTINCT FROM OLD.answer_seq THEN
+        -- Keys only, never contents: which questions now hold newer values, at which seq.
+        SELECT array_agg(n.key ORDER BY n.key) INTO changed
+          FROM jsonb_each(NEW.answer_seq) n
+         WHERE n.value IS DISTINCT FROM OLD.answer_seq -> n.key;
+        IF changed IS NOT NULL THEN
+            INSERT INTO test_session_event (candidate_id, type, actor, detail)
+            SELECT NEW.candidate_id, 'answers_saved', who,
+                   jsonb_build_object('questions', to_jsonb(changed),
+                                      'seq', max((NEW.answer_seq ->> k)::bigint))
+              FROM unnest(changed) AS k;
+        END IF;
+    END IF;
+
+    IF NEW.sections_completed IS DISTINCT FROM OLD.sections_completed THEN
+        INSERT INTO test_session_event (candidate_id, type, actor, detail)
+        SELECT NEW.candidate_id, 'section_completed', who,
+               jsonb_build_object('section', s.section, 'count', s.n)
+          FROM jsonb_array_elements_text(NEW.sections_completed) WITH ORDINALITY AS s (section, n)
+         WHERE NOT OLD.sections_completed @> jsonb_build_array(s.section)
+         ORDER BY s.n;
+    END IF;
+
+    IF NEW.extra_minutes > OLD.extra_minutes THEN
+        INSERT INTO test_session_event (candidate_id, type, actor, detail)
+        VALUES (NEW.candidate_id, 'time_extended', who,
+                jsonb_build_object('minutes', NEW.extra_minutes - OLD.extra_minutes,
+                                   'reason', why, 'deadline', NEW.deadline));
+    END IF;
+
+    IF OLD.status = 'active' AND NEW.status <> 'active' THEN
+        INSERT INTO test_session_event (candidate_id, type, actor, detail)
+        VALUES (NEW.candidate_id, NEW.status, who,
+                jsonb_strip_nulls(jsonb_build_object('method', NEW.completion_method,
+                                                     'ended_at', NEW.completed_at,
+                                                     'reason', why)));
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Two triggers, one function: the session's lifecycle, and the page's presence (a tab close, a
+-- return). A heartbeat never names the columns of the first, and the second's WHEN is false for
+-- an ordinary heartbeat, so the hot path pays no function call.
+CREATE OR REPLACE TRIGGER test_session_timeline
+    AFTER INSERT OR UPDATE OF status, completion_method, extra_minutes, sections_completed,
+                              answer_seq
+    ON test_session
+    FOR EACH ROW EXECUTE FUNCTION test_session_timeline('lifecycle');
+
+CREATE OR REPLACE TRIGGER test_session_timeline_presence
+    AFTER UPDATE OF last_heartbeat, tab_closed_at ON test_session
+    FOR EACH ROW
+    WHEN (OLD.status = 'active'
+          AND ((OLD.tab_closed_at IS NULL) <> (NEW.tab_closed_at IS NULL)
+               OR NEW.last_heartbeat - OLD.last_heartbeat > test_session_resume_gap()))
+    EXECUTE FUNCTION test_session_timeline('presence');
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (3, 'session_rules', '3045953acdd4c0031ba28af7b29444f311909ad43ec14100cb4834b9fd581bda') ON CONFLICT (version) DO NOTHING;
 COMMIT;

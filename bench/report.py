@@ -34,8 +34,7 @@ import psycopg
 
 from bench import common
 from bench.sweeper import bulk_load
-from invigilator.db import migrate
-from invigilator.store import SessionStore
+from invigilator.db import connector, migrate
 
 
 def has_command(name: str) -> bool:
@@ -147,7 +146,7 @@ async def summary_ms(url: str, repeat: int) -> float:
     from invigilator.config import Settings
 
     settings = Settings()
-    pool = SessionStore.pool_for(url, min_size=1, max_size=1)
+    pool = connector.pool_for(url, min_size=1, max_size=1)
     await pool.open(wait=True)
     try:
         times = []

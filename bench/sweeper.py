@@ -30,8 +30,7 @@ import psycopg
 from bench import common
 from bench.common import CANDIDATE_ID_SQL
 from invigilator.config import Settings
-from invigilator.db import migrate
-from invigilator.domain import Policy
+from invigilator.db import connector, migrate
 from invigilator.store import Q, SessionStore
 
 RUNNING = 2_000
@@ -174,20 +173,25 @@ async def timed(fn: Callable[[], Awaitable[Any]], repeat: int) -> tuple[float, A
 
 async def measure_size(url: str, total: int, repeat: int) -> dict[str, Any]:
     settings = Settings()
-    policy = Policy()
+    policy = settings.policy()
     params = policy.sql_params()
     batch = settings.sweep_batch_size
     try:
         from invigilator.sweeper import sweep_once
     except ImportError:  # before the sweeper module existed: the store's batch, looped
         sweep_once = None
-    pool = SessionStore.pool_for(url, min_size=1, max_size=2)
+    pool = connector.pool_for(url, min_size=1, max_size=2)
     await pool.open(wait=True)
     store = SessionStore(pool, policy)
 
     async def one_pass() -> int:
         if sweep_once is not None:
-            return len(await sweep_once(store, batch_size=batch))
+            try:  # since the service layer, the sweeper drives it
+                from invigilator.service import Sessions
+
+                return len(await sweep_once(Sessions(store, settings.limits()), batch_size=batch))
+            except ImportError:
+                return len(await sweep_once(store, batch_size=batch))
         ended = 0
         while True:
             got = await store.finalize_due(batch)
@@ -214,7 +218,7 @@ async def measure_size(url: str, total: int, repeat: int) -> dict[str, Any]:
                 "find_abandoned": plan(
                     conn, "find_abandoned", {"silent_for": policy.abandon_after, "limit": 1000}
                 ),
-                "finalize_due": plan(conn, "finalize_due", {**params, "limit": batch}),
+                "find_due": plan(conn, "find_due", {**params, "limit": batch}),
             }
             size = conn.execute(
                 "SELECT pg_total_relation_size('test_session'), "

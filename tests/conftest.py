@@ -16,7 +16,7 @@ from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
 from dbtools import TEST_POLICY
-from invigilator.db import migrate
+from invigilator.db import connector, migrate
 from invigilator.db.embedded import start_embedded, stop_embedded
 from invigilator.store import SessionStore
 
@@ -104,7 +104,7 @@ def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
 
 @pytest.fixture
 async def store(db_url: str) -> AsyncIterator[SessionStore]:
-    pool = SessionStore.pool_for(db_url, min_size=1, max_size=8)
+    pool = connector.pool_for(db_url, min_size=1, max_size=8)
     await pool.open(wait=True)
     try:
         yield SessionStore(pool, TEST_POLICY)

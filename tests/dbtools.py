@@ -9,15 +9,26 @@ from typing import Any
 import psycopg
 from psycopg import sql as pgsql
 
-from invigilator.domain import Policy
+from invigilator.config import Settings
+from invigilator.domain import Policy, TabClosePolicy
+from invigilator.service import Sessions
+from invigilator.store import SessionStore
 
 #: The timing rules the tests run with (the documented defaults, spelled out).
 TEST_POLICY = Policy(
     abandon_after=timedelta(minutes=5),
     deadline_grace=timedelta(0),
     tab_close_grace=timedelta(seconds=60),
+    tab_close_policy=TabClosePolicy.SUBMIT,
     heartbeat_interval=timedelta(seconds=15),
 )
+#: The input limits the tests run with: the settings' defaults.
+TEST_LIMITS = Settings().limits()
+
+
+def sessions_of(store: SessionStore) -> Sessions:
+    """The service over a test's store: what the sweeper, routes and commands call."""
+    return Sessions(store, TEST_LIMITS)
 
 
 def add_candidate(conn: psycopg.Connection[Any], candidate_id: str | None = None) -> str:

@@ -15,9 +15,9 @@ from typing import Any
 
 import psycopg
 
+from dbtools import TEST_POLICY
 from invigilator import analytics
-from invigilator.domain import Policy
-from invigilator.store import SessionStore
+from invigilator.db import connector
 from test_analytics import EXPECTED, SINCE, UNTIL, build_dataset, without_clock
 
 WINDOW = ["--since", "2024-03-04", "--until", "2024-03-11"]
@@ -38,10 +38,10 @@ def invigilator(*args: str, db_url: str) -> subprocess.CompletedProcess[str]:
 
 def summary_of(db_url: str, **kwargs: Any) -> analytics.Summary:
     async def run() -> analytics.Summary:
-        pool = SessionStore.pool_for(db_url, min_size=1, max_size=1)
+        pool = connector.pool_for(db_url, min_size=1, max_size=1)
         await pool.open(wait=True)
         try:
-            return await analytics.summary(pool, policy=Policy(), **kwargs)
+            return await analytics.summary(pool, policy=TEST_POLICY, **kwargs)
         finally:
             await pool.close()
 
@@ -146,10 +146,10 @@ def test_demo_data_then_report_shows_plausible_numbers(db_url: str) -> None:
 
     # some sessions are live right now, a few of them silent
     async def live() -> analytics.Live:
-        pool = SessionStore.pool_for(db_url, min_size=1, max_size=1)
+        pool = connector.pool_for(db_url, min_size=1, max_size=1)
         await pool.open(wait=True)
         try:
-            return await analytics.live(pool, Policy())
+            return await analytics.live(pool, TEST_POLICY)
         finally:
             await pool.close()
 

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbtools import add_candidate, shift_session
-from invigilator.db import migrate
+from dbtools import TEST_POLICY, add_candidate, shift_session
+from invigilator.db import connector, migrate
 from invigilator.domain import InvalidInput, SessionEnded, SessionNotFound, Status
 from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.store import SessionStore
@@ -112,9 +112,9 @@ async def test_batch_works_on_a_uuid_keyed_host_table(empty_db_url: str) -> None
         for cid in ids:
             conn.execute("INSERT INTO candidate VALUES (%s)", (cid,))
     migrate.upgrade(empty_db_url)
-    pool = SessionStore.pool_for(empty_db_url, min_size=1, max_size=2)
+    pool = connector.pool_for(empty_db_url, min_size=1, max_size=2)
     async with pool:
-        store = SessionStore(pool)
+        store = SessionStore(pool, TEST_POLICY)
         for cid in ids:
             await store.start(str(cid))
         upper = str(ids[0]).upper()  # the caller's spelling comes back as given

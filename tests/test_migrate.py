@@ -14,8 +14,9 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from dbtools import TEST_POLICY
 from invigilator import sql
-from invigilator.db import migrate
+from invigilator.db import connector, migrate
 from invigilator.db.verify import verify
 from invigilator.domain import SchemaProblem
 from invigilator.store import SessionStore
@@ -111,9 +112,9 @@ async def test_host_candidate_table_is_referenced_as_it_is(empty_db_url: str, dd
         conn.execute("INSERT INTO candidate (candidate_id) VALUES (%s)", (cid,))
     migrate.upgrade(empty_db_url)
     assert failed_checks(empty_db_url) == []
-    pool = SessionStore.pool_for(empty_db_url, min_size=1, max_size=2)
+    pool = connector.pool_for(empty_db_url, min_size=1, max_size=2)
     async with pool:
-        store = SessionStore(pool)
+        store = SessionStore(pool, TEST_POLICY)
         session, created = await store.start(cid, duration_minutes=30)
         assert created and session.candidate_id == cid
         await store.heartbeat(cid, active=True)

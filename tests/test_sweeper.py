@@ -14,15 +14,18 @@ import json
 import logging
 import signal
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from dbtools import TEST_POLICY, add_candidate, shift_session
+from dbtools import TEST_POLICY, add_candidate, sessions_of, shift_session
 from invigilator import sql
-from invigilator.domain import Ended, Method, Policy, Status, TabClosePolicy
+from invigilator.config import Settings
+from invigilator.db import connector
+from invigilator.domain import Ended, Method, Status, TabClosePolicy
 from invigilator.store import SessionStore
 from invigilator.sweeper import Sweeper, sweep_once
 from sweeptools import (
@@ -60,9 +63,9 @@ async def test_deadline_expiry_ends_at_the_deadline_and_keeps_answers(
     await store.start(cid, duration_minutes=60)
     await store.heartbeat(cid)
     await store.save_answers(cid, {"q1": "before the bell"}, seq=1)
-    assert await sweep_once(store) == []  # nothing due yet
+    assert await sweep_once(sessions_of(store), batch_size=500) == []  # nothing due yet
     shift_session(db, cid, test_start_time=minutes(61), last_heartbeat=minutes(1))
-    (ended,) = await sweep_once(store)
+    (ended,) = await sweep_once(sessions_of(store), batch_size=500)
     session = await store.get(cid)
     assert ended == Ended(cid, Status.COMPLETED, Method.TIMER_EXPIRED, session.deadline)
     assert (session.status, session.completion_method) == ("completed", "timer_expired")
@@ -74,7 +77,7 @@ async def test_deadline_expiry_ends_at_the_deadline_and_keeps_answers(
         "sweeper",
         "timer_expired",
     )
-    assert await sweep_once(store) == []  # ended once, never again
+    assert await sweep_once(sessions_of(store), batch_size=500) == []  # ended once, never again
 
 
 async def test_the_sweeper_honours_an_extension(
@@ -84,9 +87,11 @@ async def test_the_sweeper_honours_an_extension(
     await store.start(cid, duration_minutes=60)
     await store.extend(cid, 10, actor="staff:ops", reason="fire alarm")
     shift_session(db, cid, test_start_time=minutes(65), last_heartbeat=minutes(1))
-    assert await sweep_once(store) == []  # past the original deadline, within the extension
+    assert (
+        await sweep_once(sessions_of(store), batch_size=500) == []
+    )  # past the original deadline, within the extension
     shift_session(db, cid, test_start_time=minutes(71), last_heartbeat=minutes(1))
-    (ended,) = await sweep_once(store)
+    (ended,) = await sweep_once(sessions_of(store), batch_size=500)
     session = await store.get(cid)
     assert ended.completion_method is Method.TIMER_EXPIRED
     assert ended.completed_at == session.test_start_time + minutes(70) == session.deadline
@@ -95,13 +100,15 @@ async def test_the_sweeper_honours_an_extension(
 async def test_deadline_grace_delays_the_end_but_not_completed_at(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
-    graceful = SessionStore(store.pool, Policy(deadline_grace=minutes(2)))
+    graceful = SessionStore(store.pool, replace(TEST_POLICY, deadline_grace=minutes(2)))
     cid = add_candidate(db)
     await graceful.start(cid, duration_minutes=60)
     shift_session(db, cid, test_start_time=minutes(61), last_heartbeat=minutes(1))
-    assert await sweep_once(graceful) == []  # a save in flight may still land
+    assert (
+        await sweep_once(sessions_of(graceful), batch_size=500) == []
+    )  # a save in flight may still land
     shift_session(db, cid, test_start_time=minutes(63), last_heartbeat=minutes(3))
-    (ended,) = await sweep_once(graceful)
+    (ended,) = await sweep_once(sessions_of(graceful), batch_size=500)
     assert ended.completion_method is Method.TIMER_EXPIRED
     assert ended.completed_at == (await graceful.get(cid)).deadline
 
@@ -129,7 +136,7 @@ async def test_silence_is_abandonment_from_the_last_sign_of_life(
         shift_session(db, cid, test_start_time=started, last_heartbeat=heartbeat)
     else:
         shift_session(db, cid, test_start_time=started)
-    (ended,) = await sweep_once(store)
+    (ended,) = await sweep_once(sessions_of(store), batch_size=500)
     session = await store.get(cid)
     assert (ended.status, ended.completion_method) == ("abandoned", "heartbeat_timeout")
     assert ended.completed_at == getattr(session, moment) + minutes(5) == session.completed_at
@@ -143,9 +150,11 @@ async def test_tab_close_then_silence_submits_at_the_moment_the_tab_closed(
     await store.start(cid)
     await store.heartbeat(cid)
     closed = await store.tab_close(cid)
-    assert await sweep_once(store) == []  # within the tab-close grace: a reload may come
+    assert (
+        await sweep_once(sessions_of(store), batch_size=500) == []
+    )  # within the tab-close grace: a reload may come
     shift_session(db, cid, tab_closed_at=seconds(61), last_heartbeat=seconds(70))
-    (ended,) = await sweep_once(store)
+    (ended,) = await sweep_once(sessions_of(store), batch_size=500)
     session = await store.get(cid)
     assert (ended.status, ended.completion_method) == ("completed", "tab_close")
     assert closed.tab_closed_at is not None
@@ -156,15 +165,19 @@ async def test_tab_close_then_silence_submits_at_the_moment_the_tab_closed(
 async def test_tab_close_then_silence_under_ignore_is_left_to_the_abandon_rule(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
-    ignoring = SessionStore(store.pool, Policy(tab_close_policy=TabClosePolicy.IGNORE))
+    ignoring = SessionStore(
+        store.pool, replace(TEST_POLICY, tab_close_policy=TabClosePolicy.IGNORE)
+    )
     cid = add_candidate(db)
     await ignoring.start(cid)
     await ignoring.heartbeat(cid)
     await ignoring.tab_close(cid)
     shift_session(db, cid, tab_closed_at=seconds(61), last_heartbeat=seconds(70))
-    assert await sweep_once(ignoring) == []  # past the tab-close grace, but policy is ignore
+    assert (
+        await sweep_once(sessions_of(ignoring), batch_size=500) == []
+    )  # past the tab-close grace, but policy is ignore
     shift_session(db, cid, tab_closed_at=seconds(350), last_heartbeat=seconds(360))
-    (ended,) = await sweep_once(ignoring)
+    (ended,) = await sweep_once(sessions_of(ignoring), batch_size=500)
     session = await ignoring.get(cid)
     assert (ended.status, ended.completion_method) == ("abandoned", "heartbeat_timeout")
     assert ended.completed_at == session.last_heartbeat + minutes(5)
@@ -180,7 +193,7 @@ async def test_a_reload_within_the_grace_keeps_the_session_from_the_sweeper(
     shift_session(db, cid, tab_closed_at=seconds(20))
     await store.heartbeat(cid)  # the reloaded page
     shift_session(db, cid, last_heartbeat=seconds(30))
-    assert await sweep_once(store) == []
+    assert await sweep_once(sessions_of(store), batch_size=500) == []
     assert (await store.get(cid)).status is Status.ACTIVE
 
 
@@ -191,7 +204,7 @@ async def test_sessions_that_ended_otherwise_are_left_alone(
     await store.start(cid)
     submitted, _ = await store.complete(cid)
     shift_session(db, cid, test_start_time=minutes(120))  # long past any deadline
-    assert await sweep_once(store) == []
+    assert await sweep_once(sessions_of(store), batch_size=500) == []
     after = await store.get(cid)
     assert (after.completion_method, after.completed_at) == (
         Method.MANUAL,
@@ -209,12 +222,12 @@ async def test_a_pass_repeats_bounded_batches_until_one_comes_back_short(
     due = add_sessions(db, "due-", 7, started_ago=minutes(61), heartbeat_ago=minutes(1))
     add_sessions(db, "live-", 3, started_ago=minutes(10), heartbeat_ago=seconds(5))
     batches: list[list[Ended]] = []
-    ended = await sweep_once(store, batch_size=3, on_batch=batches.append)
+    ended = await sweep_once(sessions_of(store), batch_size=3, on_batch=batches.append)
     assert [len(b) for b in batches] == [3, 3, 1]
     assert sorted(e.candidate_id for e in ended) == due
-    assert await sweep_once(store, batch_size=3) == []
+    assert await sweep_once(sessions_of(store), batch_size=3) == []
     with pytest.raises(ValueError, match="batch_size"):
-        await sweep_once(store, batch_size=0)
+        await sweep_once(sessions_of(store), batch_size=0)
 
 
 async def test_run_sweeps_each_tick_logs_counts_by_method_and_stops_on_request(
@@ -226,7 +239,7 @@ async def test_run_sweeps_each_tick_logs_counts_by_method_and_stops_on_request(
     cid = add_candidate(db, "q-holder")
     await store.start(cid)
     await store.save_answers(cid, {"q1": "a secret answer"}, seq=1)
-    sweeper = Sweeper(store, interval=0.05, batch_size=500)
+    sweeper = Sweeper(sessions_of(store), interval=0.05, batch_size=500)
     stop = asyncio.Event()
     task = asyncio.create_task(sweeper.run(stop))
     await await_until(lambda: sum(sweeper.finalized.values()) == 3, "the first pass")
@@ -250,7 +263,7 @@ async def test_run_stops_between_batches_never_inside_one(
     )
     install_tripwire(db, due[4])  # in the first batch (oldest due first)
     db.execute("SELECT pg_advisory_lock(%s)", (TRIPWIRE_LOCK,))
-    sweeper = Sweeper(store, interval=0.05, batch_size=10)
+    sweeper = Sweeper(sessions_of(store), interval=0.05, batch_size=10)
     stop = asyncio.Event()
     task = asyncio.create_task(sweeper.run(stop))
     await await_until(lambda: backends_waiting(db, "advisory"), "the sweeper inside its batch")
@@ -270,7 +283,7 @@ async def test_run_survives_losing_the_database_mid_batch(
     due = add_sessions(db, "due-", 3, started_ago=minutes(61), heartbeat_ago=minutes(1))
     install_tripwire(db, due[0])
     db.execute("SELECT pg_advisory_lock(%s)", (TRIPWIRE_LOCK,))
-    sweeper = Sweeper(store, interval=0.05)
+    sweeper = Sweeper(sessions_of(store), interval=0.05, batch_size=500)
     stop = asyncio.Event()
     task = asyncio.create_task(sweeper.run(stop))
     try:
@@ -301,9 +314,9 @@ async def test_run_survives_losing_the_database_mid_batch(
 
 def test_sweeper_refuses_nonsense_settings(store: SessionStore) -> None:
     with pytest.raises(ValueError, match="interval"):
-        Sweeper(store, interval=0)
+        Sweeper(sessions_of(store), interval=0, batch_size=500)
     with pytest.raises(ValueError, match="batch_size"):
-        Sweeper(store, batch_size=0)
+        Sweeper(sessions_of(store), interval=5, batch_size=0)
 
 
 # --- many sweepers, and one killed mid-batch ------------------------------------------------
@@ -335,14 +348,16 @@ async def test_four_sweeper_processes_and_two_in_process_end_each_due_session_on
     barrier.execute("LOCK TABLE test_session IN EXCLUSIVE MODE")
     procs = [start_cli(db_url, "sweep", "--once", "--batch-size", "100") for _ in range(4)]
     pools = [
-        SessionStore.pool_for(db_url, min_size=1, max_size=1, statement_timeout_ms=60_000)
+        connector.pool_for(db_url, Settings(statement_timeout_ms=60_000), min_size=1, max_size=1)
         for _ in range(2)
     ]
     try:
         for pool in pools:
             await pool.open(wait=True)
         tasks = [
-            asyncio.create_task(sweep_once(SessionStore(pool, TEST_POLICY), batch_size=100))
+            asyncio.create_task(
+                sweep_once(sessions_of(SessionStore(pool, TEST_POLICY)), batch_size=100)
+            )
             for pool in pools
         ]
         await await_until(
@@ -475,11 +490,11 @@ def test_the_sweepers_and_the_guides_queries_use_the_live_index_not_the_table(
     add_sessions(db, "due-", 5, started_ago=minutes(61), heartbeat_ago=minutes(1))
     add_sessions(db, "gone-", 3, started_ago=minutes(20), heartbeat_ago=minutes(7))
     db.execute("ANALYZE test_session")
-    rules = Policy().sql_params()  # what the store passes
+    rules = TEST_POLICY.sql_params()  # what the store passes
     params = {
-        "finalize_due": {**rules, "limit": 500},
+        "find_due": {**rules, "limit": 500},
         "find_active": {"limit": 1000},
-        "find_abandoned": {"silent_for": Policy().abandon_after, "limit": 1000},
+        "find_abandoned": {"silent_for": TEST_POLICY.abandon_after, "limit": 1000},
     }
     for name, p in params.items():
         scans = _scans(db, name, p)

@@ -28,8 +28,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from invigilator import sql
-from invigilator.domain import DatabaseUnavailable, InvalidInput, Method, Policy
-from invigilator.store import translate_errors
+from invigilator.config import Settings
+from invigilator.db.connector import translate_errors
+from invigilator.domain import InvalidInput, Policy
 
 Q = sql.analytics_queries()
 
@@ -44,10 +45,6 @@ MAX_LIVE_LIMIT = 10_000
 #: (about 100 MB) stay in memory instead of spilling to disk between the passes over them.
 #: An upper bound: a smaller window uses what it needs.
 SUMMARY_WORK_MEM = "256MB"
-
-#: Endings where the candidate gave up rather than finished: the abandonment population.
-GAVE_UP_METHODS = (Method.HEARTBEAT_TIMEOUT, Method.TAB_CLOSE, Method.ADMIN_TERMINATED)
-
 
 # --- the shapes returned (JSON-ready dicts) -----------------------------------------------
 
@@ -198,19 +195,6 @@ def parse_bound(text: str, tz: str = "UTC") -> datetime:
     return value
 
 
-async def window(
-    pool: AsyncConnectionPool[Any],
-    since: datetime | None = None,
-    until: datetime | None = None,
-    *,
-    span: timedelta = DEFAULT_SPAN,
-) -> tuple[datetime, datetime]:
-    """The window [since, until) with its defaults filled in from the database clock: `until`
-    defaults to now(), `since` to `span` before `until`. A reversed window is InvalidInput."""
-    async with _connection(pool) as conn:
-        return await _window(conn, since, until, span)
-
-
 async def _window(
     conn: psycopg.AsyncConnection[Any],
     since: datetime | None,
@@ -250,7 +234,7 @@ async def summary(
     width of the minute histograms. One read-only transaction, one statement for the metrics.
     Raises InvalidInput for a reversed window or one over MAX_SPAN, an unknown zone or a bad
     bucket width."""
-    policy = policy or Policy()
+    policy = policy or Settings().policy()
     check_timezone(tz)
     if not 1 <= minute_bucket <= 1440:
         raise InvalidInput("minute_bucket must be between 1 and 1440")
@@ -277,7 +261,7 @@ async def live(
     """The sessions running now: stored active and not yet due (so never a row whose deadline
     or abandon threshold has passed, swept or not). The silent first, then the longest silent;
     `sessions` holds at most `limit`, `count` and `silent` count them all."""
-    policy = policy or Policy()
+    policy = policy or Settings().policy()
     if not 1 <= limit <= MAX_LIVE_LIMIT:
         raise InvalidInput(f"limit must be between 1 and {MAX_LIVE_LIMIT}")
     params = {**policy.sql_params(), "silent_after": silent_after(policy), "limit": limit}
@@ -295,13 +279,10 @@ async def _connection(
     """A pooled connection in one read-only transaction whose TimeZone is UTC (so every
     timestamp the SQL renders into JSON is in UTC); database errors become domain errors."""
     with translate_errors():
-        try:
-            async with pool.connection() as conn, conn.transaction():
-                await conn.execute("SET TRANSACTION READ ONLY")
-                await conn.execute("SET LOCAL TimeZone TO 'UTC'")
-                yield conn
-        except TimeoutError as exc:  # pool exhausted or unreachable
-            raise DatabaseUnavailable("the database is unavailable; try again shortly") from exc
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute("SET TRANSACTION READ ONLY")
+            await conn.execute("SET LOCAL TimeZone TO 'UTC'")
+            yield conn
 
 
 # --- flat form -----------------------------------------------------------------------------

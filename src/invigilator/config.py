@@ -1,4 +1,6 @@
-"""Settings, from the environment only (`DATABASE_URL`, `INVIGILATOR_*`), via pydantic-settings."""
+"""Settings, from the environment only (`DATABASE_URL`, `INVIGILATOR_*`), via pydantic-settings:
+the one table of defaults. Everything else takes its values from here (`policy()`, `limits()`,
+the pools in db/connector.py, the sweeper and the webhook worker)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from invigilator.domain import Policy, TabClosePolicy
+from invigilator.validation import Limits
 
 
 def _default_data_dir() -> Path:
@@ -104,6 +107,15 @@ class Settings(BaseSettings):
             tab_close_grace=timedelta(seconds=self.tab_close_grace_seconds),
             tab_close_policy=self.tab_close_policy,
             heartbeat_interval=timedelta(seconds=self.heartbeat_interval_seconds),
+        )
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_answers_bytes=self.max_answers_bytes,
+            max_answer_bytes=self.max_answer_bytes,
+            max_answers_per_save=self.max_answers_per_save,
+            max_sections=self.max_sections,
+            max_json_depth=self.max_json_depth,
         )
 
     @field_validator("admin_keys", "cors_origins", mode="before")

@@ -1,7 +1,9 @@
-"""The vocabulary and rules of a test session: pure Python, no I/O, imports nothing of ours.
+"""The vocabulary of a test session: pure Python, no I/O, imports nothing of ours.
 
-The database enforces the same sets with CHECK constraints (see ``sql/migrations``); this
-module is where Python code learns them, so a new status or method is added in both places.
+The rules themselves (when a session is open, when it is due, how it ends, the status each
+completion method leads to) are SQL functions (sql/migrations/0003_session_rules.sql); this
+module is where Python code learns the names, so a new status or method is named here and
+ruled there (a test checks the two agree).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class Status(enum.StrEnum):
 
 
 class Method(enum.StrEnum):
-    """How a session ended (`completion_method`)."""
+    """How a session ended (`completion_method`); its status: SQL test_session_status_of."""
 
     MANUAL = "manual"
     TIMER_EXPIRED = "timer_expired"
@@ -29,17 +31,6 @@ class Method(enum.StrEnum):
     ADMIN_TERMINATED = "admin_terminated"
 
 
-#: The status each completion method leads to (DESIGN.md, "Status and completion method").
-STATUS_OF_METHOD: dict[Method, Status] = {
-    Method.MANUAL: Status.COMPLETED,
-    Method.TIMER_EXPIRED: Status.COMPLETED,
-    Method.TAB_CLOSE: Status.COMPLETED,
-    Method.ADMIN: Status.COMPLETED,
-    Method.HEARTBEAT_TIMEOUT: Status.ABANDONED,
-    Method.ADMIN_TERMINATED: Status.ABANDONED,
-}
-
-
 class TabClosePolicy(enum.StrEnum):
     """What a tab-close beacon followed by silence means."""
 
@@ -47,22 +38,7 @@ class TabClosePolicy(enum.StrEnum):
     IGNORE = "ignore"  # nothing special: the abandon rule decides
 
 
-class EventType(enum.StrEnum):
-    STARTED = "started"
-    SECTION_COMPLETED = "section_completed"
-    ANSWERS_SAVED = "answers_saved"
-    FOCUS_LOST = "focus_lost"
-    FOCUS_REGAINED = "focus_regained"
-    TAB_HIDDEN = "tab_hidden"
-    TAB_VISIBLE = "tab_visible"
-    TAB_CLOSED = "tab_closed"
-    RESUMED = "resumed"
-    TIME_EXTENDED = "time_extended"
-    COMPLETED = "completed"
-    ABANDONED = "abandoned"
-    ADOPTED = "adopted"
-
-
+DEFAULT_DURATION_MINUTES = 60  # the guide's column default
 MIN_DURATION_MINUTES = 1
 MAX_DURATION_MINUTES = 24 * 60  # mirrors CHECK test_session_duration_range
 MAX_EXTENSION_MINUTES = 24 * 60
@@ -71,13 +47,14 @@ MAX_CANDIDATE_ID_LENGTH = 36
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """The timing rules one deployment runs with. Thresholds are passed to SQL as seconds."""
+    """The timing rules one deployment runs with (their defaults: config.Settings), as the
+    rules' SQL functions take them."""
 
-    abandon_after: timedelta = timedelta(minutes=5)
-    deadline_grace: timedelta = timedelta(0)
-    tab_close_grace: timedelta = timedelta(seconds=60)
-    tab_close_policy: TabClosePolicy = TabClosePolicy.SUBMIT
-    heartbeat_interval: timedelta = timedelta(seconds=15)
+    abandon_after: timedelta
+    deadline_grace: timedelta
+    tab_close_grace: timedelta
+    tab_close_policy: TabClosePolicy
+    heartbeat_interval: timedelta
 
     @property
     def resume_gap(self) -> timedelta:
@@ -85,7 +62,7 @@ class Policy:
         return 2 * self.heartbeat_interval
 
     def sql_params(self) -> dict[str, Any]:
-        """The rules as the named queries take them (intervals and a flag)."""
+        """The policy as every named query takes it (intervals and a flag)."""
         return {
             "abandon_after": self.abandon_after,
             "deadline_grace": self.deadline_grace,

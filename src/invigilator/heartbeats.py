@@ -138,31 +138,26 @@ class HeartbeatBatcher:
         for candidate_id, active, _ in batch:  # two tabs of one candidate: one write
             beats[candidate_id] = beats.get(candidate_id, False) or active
         clocks = await self.store.heartbeat_batch(beats, conn)
-        for candidate_id, active, future in batch:
+        for candidate_id, _, future in batch:
             clock = clocks.get(candidate_id)
             if future.done():
                 continue
             if clock is not None:
                 future.set_result(clock)
-            else:  # refused: the one-by-one path finalizes if due and raises the reason
-                self._spawn(self._one(candidate_id, active, future))
+            else:
+                self._spawn(self._explain(candidate_id, future))
 
-    async def _one(self, candidate_id: str, active: bool, future: asyncio.Future[Clock]) -> None:
+    async def _explain(self, candidate_id: str, future: asyncio.Future[Clock]) -> None:
+        """A refused heartbeat gets its reason (ended, or no such session) from the store,
+        which applies lazy expiry on the way."""
         try:
-            session = await self.store.heartbeat(candidate_id, active=active)
-        except InvigilatorError as exc:
-            if not future.done():
-                future.set_exception(exc)
-            return
+            reason: BaseException = await self.store.explain_refused_heartbeat(candidate_id)
         except Exception as exc:
-            log.exception("heartbeat for one session failed")
-            if not future.done():
-                future.set_exception(exc)
-            return
+            if not isinstance(exc, InvigilatorError):
+                log.exception("explaining a refused heartbeat failed")
+            reason = exc
         if not future.done():
-            future.set_result(
-                Clock(session.candidate_id, session.status, session.deadline, session.server_now)
-            )
+            future.set_exception(reason)
 
     async def close(self) -> None:
         """Wait for queued heartbeats to be written (graceful shutdown)."""

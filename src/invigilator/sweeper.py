@@ -2,14 +2,15 @@
 
 Correctness never depends on it (every read and write applies lazy expiry); it makes sessions
 end on time in the database, so analytics and staff views agree with the clock. Many may run at
-once: each batch is one transaction (`SessionStore.finalize_due`, FOR UPDATE SKIP LOCKED), which
-writes the end and its terminal event together, so a sweeper killed mid-batch leaves nothing
-half-done and two sweepers never end the same session.
+once: each batch is one transaction (`Sessions.sweep`: the due sessions picked with FOR UPDATE
+SKIP LOCKED, then the one ending statement lazy expiry uses too), which writes the end and its
+terminal event together, so a sweeper killed mid-batch leaves nothing half-done and two
+sweepers never end the same session.
 
 It runs inside `invigilator serve` and standalone as `invigilator sweep`:
 
     stop = asyncio.Event()
-    await Sweeper(store, interval=5.0, batch_size=500).run(stop)   # until stop is set
+    await Sweeper(sessions, interval=5.0, batch_size=500).run(stop)   # until stop is set
 
 Logs say how many sessions ended and how, never what anybody answered.
 """
@@ -21,21 +22,24 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from invigilator import metrics
 from invigilator.domain import DatabaseUnavailable, Ended, InvigilatorError, Method
-from invigilator.store import SessionStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL = 5.0
-DEFAULT_BATCH_SIZE = 500
+
+class Sweeps(Protocol):
+    """What a sweeper drives: `service.Sessions`, or a stand-in in a unit test."""
+
+    async def sweep(self, batch_size: int) -> list[Ended]: ...
 
 
 async def sweep_once(
-    store: SessionStore,
+    sessions: Sweeps,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int,
     stop: asyncio.Event | None = None,
     on_batch: Callable[[list[Ended]], None] | None = None,
 ) -> list[Ended]:
@@ -49,7 +53,7 @@ async def sweep_once(
         raise ValueError("batch_size must be at least 1")
     ended: list[Ended] = []
     while True:
-        batch = await store.finalize_due(batch_size)
+        batch = await sessions.sweep(batch_size)
         ended += batch
         if batch and on_batch is not None:
             on_batch(batch)
@@ -69,17 +73,12 @@ def describe(counts: Counter[Method]) -> str:
 class Sweeper:
     """Sweeps every `interval` seconds until told to stop; survives the database going away."""
 
-    def __init__(
-        self,
-        store: SessionStore,
-        interval: float = DEFAULT_INTERVAL,
-        batch_size: int = DEFAULT_BATCH_SIZE,
-    ) -> None:
+    def __init__(self, sessions: Sweeps, *, interval: float, batch_size: int) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self.store = store
+        self.sessions = sessions
         self.interval = interval
         self.batch_size = batch_size
         #: Sessions this sweeper has ended since it was made, by method.
@@ -96,7 +95,7 @@ class Sweeper:
         failures_before = self.failures
         try:
             await sweep_once(
-                self.store, batch_size=self.batch_size, stop=stop, on_batch=committed.extend
+                self.sessions, batch_size=self.batch_size, stop=stop, on_batch=committed.extend
             )
         except DatabaseUnavailable as exc:
             self.failures += 1

@@ -22,11 +22,13 @@ MAX_SEQ = 2**53 - 1  # the largest integer a browser's JSON numbers hold exactly
 
 @dataclass(frozen=True)
 class Limits:
-    max_answers_bytes: int = 1024 * 1024
-    max_answer_bytes: int = 64 * 1024
-    max_answers_per_save: int = 200
-    max_sections: int = 100
-    max_json_depth: int = 16
+    """The input limits a deployment runs with (their defaults: config.Settings)."""
+
+    max_answers_bytes: int
+    max_answer_bytes: int
+    max_answers_per_save: int
+    max_sections: int
+    max_json_depth: int
 
 
 def check_name(value: str, what: str) -> str:
@@ -86,9 +88,3 @@ def check_answers(answers: dict[str, Any], limits: Limits) -> None:
                 f"{limits.max_answer_bytes}",
                 limit_bytes=limits.max_answer_bytes,
             )
-
-
-def check_seq(seq: int) -> int:
-    if not 0 <= seq <= MAX_SEQ:
-        raise InvalidInput(f"seq must be between 0 and {MAX_SEQ}", field="seq")
-    return seq

@@ -134,7 +134,7 @@ async def test_completion_racing_the_deadline_and_the_sweeper_ends_once(
 
     async def sweeper() -> None:
         for _ in range(30):
-            await store.finalize_due()
+            await store.finalize_due(500)
             await asyncio.sleep(0.01)
 
     await asyncio.gather(sweeper(), sweeper(), *(candidate(cid) for cid in tokens))
@@ -159,7 +159,7 @@ async def test_completion_racing_the_deadline_and_the_sweeper_ends_once(
 
     # Afterwards nothing moves it: candidate retries, sweeps, staff ending it, an extension.
     before = {cid: row(db, cid) for cid in tokens}
-    await store.finalize_due()
+    await store.finalize_due(500)
     for cid in tokens:
         await api.as_candidate("POST", cid, "complete", tokens[cid])
         await api.as_candidate("POST", cid, "heartbeat", tokens[cid])

@@ -164,7 +164,7 @@ async def test_a_restart_while_idle_costs_no_request(private_pg: PrivatePostgres
     )
     async with _started(private_pg, settings, "idle") as (app, client, token):
         candidate = Candidate("idle", token)
-        await app.state.runtime.store.pool.wait(timeout=10)  # all 4 connections open
+        await app.state.runtime.pool.wait(timeout=10)  # all 4 connections open
         await asyncio.to_thread(private_pg.stop)
         await asyncio.to_thread(private_pg.start)
         statuses = []

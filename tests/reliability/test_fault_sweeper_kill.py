@@ -22,9 +22,14 @@ SESSIONS = 40
 KILLED_SWEEPER = """
 import sys, time, psycopg
 from invigilator import sql
-from invigilator.domain import Policy
+from invigilator.config import Settings
+rules = Settings().policy().sql_params()
 with psycopg.connect(sys.argv[1], application_name="killed-sweeper") as conn:
-    cur = conn.execute(sql.queries()["finalize_due"], {**Policy().sql_params(), "limit": 500})
+    # What a sweeper's batch runs (SessionStore.finalize_due): its pick, then the ending.
+    ids = [r[0] for r in conn.execute(sql.queries()["find_due"], {**rules, "limit": 500})]
+    cur = conn.execute(
+        sql.queries()["finalize"], {**rules, "candidate_ids": ids, "actor": "sweeper"}
+    )
     print(len(cur.fetchall()), flush=True)  # the batch is written, not yet committed
     time.sleep(60)
 """
@@ -71,11 +76,11 @@ async def test_a_sweeper_killed_mid_batch_leaves_nothing_half_done(
         await asyncio.sleep(0.02)
 
     assert _counts(db) == (SESSIONS, 0, 0)  # nothing half-finalized: all still active
-    ended = await store.finalize_due()  # the next pass
+    ended = await store.finalize_due(500)  # the next pass
     assert len(ended) == SESSIONS
     assert {(e.status.value, e.completion_method.value) for e in ended} == {
         ("completed", "timer_expired")
     }
     assert _counts(db) == (0, SESSIONS, SESSIONS)  # each ended once, with one terminal event
-    assert await store.finalize_due() == []
+    assert await store.finalize_due(500) == []
     report("sweeper_sigkill", faults=1, sessions_due=SESSIONS, finalized_after=len(ended))

@@ -27,8 +27,8 @@ from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from apitools import STAFF_KEY, Api, assert_problem, make_settings
 from invigilator.api.app import create_app
+from invigilator.db.connector import translate_errors
 from invigilator.domain import InvalidInput
-from invigilator.store import translate_errors
 
 EXAMPLES_PER_OPERATION = 15  # per generation mode (valid, invalid): ~600 requests in all
 CANDIDATE = "fuzz-alice"

@@ -1,5 +1,5 @@
-"""The FastAPI app factory. One app per process; the pool, the store and the optional
-in-process sweeper live for the app's lifespan."""
+"""The FastAPI app factory. One app per process; the pools, the service and the optional
+in-process sweeper and webhook worker live for the app's lifespan."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ from invigilator.api.routes import analytics as analytics_routes
 from invigilator.api.routes import webhooks as webhooks_routes
 from invigilator.api.runtime import Runtime
 from invigilator.config import Settings
+from invigilator.db import connector
 from invigilator.domain import SchemaProblem
 from invigilator.heartbeats import HeartbeatBatcher
+from invigilator.service import Sessions
 from invigilator.store import SessionStore
 from invigilator.webhooks import worker as webhooks
 
@@ -49,38 +51,29 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Whatever started is stopped in reverse order, also when a later start fails.
         async with contextlib.AsyncExitStack() as running:
-            pool = SessionStore.pool_for(
-                url,
-                min_size=settings.pool_min_size,
-                max_size=settings.pool_max_size,
-                timeout=settings.db_connect_timeout_seconds,
-                statement_timeout_ms=settings.statement_timeout_ms,
-            )
+            pool = connector.pool_for(url, settings)
             await pool.open(wait=False)
             running.push_async_callback(pool.close)
-            heartbeat_pool = SessionStore.heartbeat_pool_for(
-                url,
-                timeout=settings.db_connect_timeout_seconds,
-                statement_timeout_ms=settings.statement_timeout_ms,
-            )
+            heartbeat_pool = connector.heartbeat_pool_for(url, settings)
             await heartbeat_pool.open(wait=False)
             running.push_async_callback(heartbeat_pool.close)
             store = SessionStore(pool, settings.policy(), heartbeat_pool=heartbeat_pool)
             heartbeats = HeartbeatBatcher(store, linger=settings.heartbeat_linger_ms / 1000)
             running.push_async_callback(heartbeats.close)  # queued heartbeats are written
+            sessions = Sessions(store, settings.limits(), heartbeats)
             app.state.runtime = Runtime(
                 settings=settings,
-                store=store,
+                sessions=sessions,
                 secret_key=settings.secret_key.get_secret_value(),  # type: ignore[union-attr]
                 admin_keys=[k.get_secret_value().encode() for k in settings.admin_keys],
-                heartbeats=heartbeats,
+                pool=pool,
             )
             stop = asyncio.Event()
             if settings.sweeper_enabled:
                 from invigilator.sweeper import Sweeper
 
                 sweeper = Sweeper(
-                    store,
+                    sessions,
                     interval=settings.sweep_interval_seconds,
                     batch_size=settings.sweep_batch_size,
                 )

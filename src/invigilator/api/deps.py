@@ -1,4 +1,4 @@
-"""Dependencies as `Annotated` aliases: the store, the settings, and who is calling."""
+"""Dependencies as `Annotated` aliases: the service, the settings, and who is calling."""
 
 from __future__ import annotations
 
@@ -9,19 +9,28 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from fastapi import Depends, Path, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from invigilator.api import tokens
 from invigilator.api.problems import ApiError
 from invigilator.api.runtime import Runtime
 from invigilator.domain import MAX_CANDIDATE_ID_LENGTH
-from invigilator.store import SessionStore
+from invigilator.service import Sessions
 from invigilator.validation import PRINTABLE
 
 STAFF_COOKIE = "invigilator_staff"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
-_bearer = HTTPBearer(auto_error=False, description="Staff key or candidate token")
+
+class _BearerToken(HTTPBearer):
+    """The request's bearer token, parsed by tokens.bearer like everywhere else; HTTPBearer
+    only for the security scheme it declares in the OpenAPI document."""
+
+    async def __call__(self, request: Request) -> str | None:  # type: ignore[override]
+        return tokens.bearer(request.scope["headers"])
+
+
+_bearer = _BearerToken(auto_error=False, description="Staff key or candidate token")
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -32,12 +41,12 @@ def get_runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_store(runtime: RuntimeDep) -> SessionStore:
-    return runtime.store
+def get_sessions(runtime: RuntimeDep) -> Sessions:
+    return runtime.sessions
 
 
-StoreDep = Annotated[SessionStore, Depends(get_store)]
-Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+SessionsDep = Annotated[Sessions, Depends(get_sessions)]
+Credentials = Annotated[str | None, Depends(_bearer)]
 CandidateIdPath = Annotated[
     str,
     Path(min_length=1, max_length=MAX_CANDIDATE_ID_LENGTH, pattern=PRINTABLE.pattern),
@@ -86,7 +95,7 @@ def staff_from_cookie(request: Request, runtime: Runtime) -> Staff | None:
 
 def require_staff(request: Request, credentials: Credentials, runtime: RuntimeDep) -> Staff:
     if credentials is not None:
-        staff = match_staff_key(credentials.credentials, runtime)
+        staff = match_staff_key(credentials, runtime)
         if staff is None:
             raise ApiError("unauthorized", "the staff key is not valid")
         return staff
@@ -134,7 +143,7 @@ def require_candidate(
 ) -> str:
     if credentials is None:
         raise ApiError("unauthorized", "a candidate token is required (Authorization: Bearer)")
-    return candidate_from_token(credentials.credentials, candidate_id, runtime)
+    return candidate_from_token(credentials, candidate_id, runtime)
 
 
 CandidateDep = Annotated[str, Depends(require_candidate)]
@@ -143,7 +152,7 @@ CandidateDep = Annotated[str, Depends(require_candidate)]
 def require_candidate_or_staff(
     request: Request, candidate_id: CandidateIdPath, credentials: Credentials, runtime: RuntimeDep
 ) -> str:
-    if credentials is not None and match_staff_key(credentials.credentials, runtime):
+    if credentials is not None and match_staff_key(credentials, runtime):
         return candidate_id
     if credentials is None and staff_from_cookie(request, runtime) is not None:
         return candidate_id

@@ -9,12 +9,12 @@ within the rate limits, and a session that takes the heartbeat. It does what the
 would have done for that request by calling the same functions: the request id and the
 access log and metrics (`observability`), the rate limits (`ratelimit.RateLimits`), the
 security headers (`headers`). Anything else — no or bad token, another candidate's token, an
-odd body, a refused session — is handed, untouched (the body read so far is replayed), to
-the regular stack, which owns those answers. The fast path answers only its own outcomes:
-the heartbeat's 200, a 429 from the shared rate limits, a 503 when the database is
-unavailable (the route would only wait for it again), a 500 for the unexpected.
-Both paths write through the same HeartbeatBatcher and answer with the same HeartbeatResponse
-model.
+odd body — is handed, untouched (the body read so far is replayed), to the regular stack,
+which owns those answers. Once the heartbeat is taken, the fast path answers its outcome
+itself, whatever it is: the 200, a 429 from the shared rate limits, the problem of a refused
+heartbeat (the session ended, or is unknown: `service.Sessions.heartbeat` explains it), a
+503 when the database is unavailable, a 500 for the unexpected. Both paths call the same
+service operation and answer with the same HeartbeatResponse and problem bodies.
 """
 
 from __future__ import annotations
@@ -35,18 +35,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from invigilator import metrics
 from invigilator.api import observability, problems, schemas, tokens
 from invigilator.api.headers import RAW_SECURITY_HEADERS
+from invigilator.api.paths import HEARTBEAT_PATH
 from invigilator.api.ratelimit import RateLimits
-from invigilator.domain import (
-    MAX_CANDIDATE_ID_LENGTH,
-    DatabaseUnavailable,
-    InvigilatorError,
-    SchemaProblem,
-)
+from invigilator.domain import MAX_CANDIDATE_ID_LENGTH, InvigilatorError
 from invigilator.validation import PRINTABLE
 
 log = logging.getLogger(__name__)
 
-_PATH = re.compile(r"/api/v1/sessions/([^/]+)/heartbeat")
+_PATH = re.compile(re.escape(HEARTBEAT_PATH).replace(re.escape("{candidate_id}"), "([^/]+)"))
 _MAX_BODY = 256  # an ordinary heartbeat body is `{"active": true}`
 _JSON = (b"content-type", b"application/json")
 
@@ -55,7 +51,7 @@ _JSON = (b"content-type", b"application/json")
 class _Route:
     """What observability reads from scope["route"] for its labels."""
 
-    path: str = "/api/v1/sessions/{candidate_id}/heartbeat"
+    path: str = HEARTBEAT_PATH
 
 
 _ROUTE = _Route()
@@ -112,14 +108,7 @@ class HeartbeatFastPath:
         token_var = observability.REQUEST_ID.set(request_id)
         scope["route"] = _ROUTE
         metrics.HTTP_IN_PROGRESS.inc()
-        try:
-            answer = await self._answer(scope, runtime, candidate_id, active)
-        except _HandOver:  # a refusal: the route finalizes, explains and answers
-            metrics.HTTP_IN_PROGRESS.dec()
-            observability.REQUEST_ID.reset(token_var)
-            scope.pop("route", None)
-            await regular(scope, replay, send)
-            return
+        answer = await self._answer(scope, runtime, candidate_id, active)
         try:
             await answer(scope, replay, self._decorated(send, scope, request_id))
         finally:
@@ -133,28 +122,19 @@ class HeartbeatFastPath:
             observability.REQUEST_ID.reset(token_var)
 
     async def _answer(self, scope: Scope, runtime: Any, candidate_id: str, active: bool) -> Any:
-        """The response for an ordinary heartbeat, or _HandOver for a refusal."""
+        """The response for an ordinary heartbeat: taken, refused, or failed."""
         refused = self.limits.take(scope, candidate_id, token_opens=True)
         if refused is not None:
             return refused
         try:
-            clock = await runtime.heartbeats.beat(candidate_id, active=active)
-        except (DatabaseUnavailable, SchemaProblem) as exc:  # the route would only wait again
+            clock = await runtime.sessions.heartbeat(candidate_id, active=active)
+        except InvigilatorError as exc:  # ended, unknown, or the database unavailable
             return problems.domain_problem(exc)
-        except InvigilatorError:
-            raise _HandOver from None
         except Exception:
             log.exception("unexpected error on a heartbeat")
             return problems.unexpected_problem()
         self.answered += 1
-        return _Json(
-            schemas.HeartbeatResponse.model_construct(
-                **schemas.clock(clock),
-                next_heartbeat_seconds=runtime.policy.heartbeat_interval.total_seconds(),
-            )
-            .model_dump_json()
-            .encode()
-        )
+        return _Json(schemas.heartbeat_response(clock, runtime.policy).model_dump_json().encode())
 
     def _decorated(self, send: Send, scope: Scope, request_id: str) -> Send:
         """What the middleware chain adds to every response: the request id, the security
@@ -172,10 +152,6 @@ class HeartbeatFastPath:
         if self.cors is None:
             return sending
         return functools.partial(self.cors.send, send=sending, request_headers=Headers(scope=scope))
-
-
-class _HandOver(Exception):
-    """The fast path steps aside: the regular stack answers this request."""
 
 
 class _Json:

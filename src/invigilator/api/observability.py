@@ -174,7 +174,7 @@ class _PoolSampler:
         if runtime is None:
             return
         self.last = now
-        metrics.observe_pool(runtime.store.pool.get_stats())
+        metrics.observe_pool(runtime.pool.get_stats())
 
 
 async def scrape(app: FastAPI, sampler: _PoolSampler) -> tuple[bytes, str]:
@@ -183,7 +183,7 @@ async def scrape(app: FastAPI, sampler: _PoolSampler) -> tuple[bytes, str]:
     if runtime is not None:
         sampler(force=True)
         try:
-            active, pending = await WebhookStore(runtime.store.pool).scrape_counts()
+            active, pending = await WebhookStore(runtime.pool).scrape_counts()
         except InvigilatorError as exc:  # keep the last values; the scrape itself still works
             log.warning("metrics: %s", exc.message)
         else:

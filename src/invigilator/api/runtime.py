@@ -1,35 +1,25 @@
-"""What a running app holds: settings, the store, keys and limits (on `app.state.runtime`)."""
+"""What a running app holds: settings, the service and the keys (on `app.state.runtime`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
 
 from invigilator.config import Settings
 from invigilator.domain import Policy
-from invigilator.heartbeats import HeartbeatBatcher
-from invigilator.store import SessionStore
-from invigilator.validation import Limits
+from invigilator.service import Sessions
 
 
 @dataclass
 class Runtime:
     settings: Settings
-    store: SessionStore
+    sessions: Sessions
     secret_key: str
     admin_keys: list[bytes]
-    heartbeats: HeartbeatBatcher
+    pool: AsyncConnectionPool[Any]  # the main pool: analytics, webhooks, readiness, metrics
 
     @property
     def policy(self) -> Policy:
-        return self.store.policy
-
-    @property
-    def limits(self) -> Limits:
-        s = self.settings
-        return Limits(
-            max_answers_bytes=s.max_answers_bytes,
-            max_answer_bytes=s.max_answer_bytes,
-            max_answers_per_save=s.max_answers_per_save,
-            max_sections=s.max_sections,
-            max_json_depth=s.max_json_depth,
-        )
+        return self.sessions.policy

@@ -1,4 +1,5 @@
-"""Request and response bodies (pydantic), which also make the OpenAPI document."""
+"""Request and response bodies (pydantic), which also make the OpenAPI document. The session
+itself, as every outside reader sees it, is in invigilator.views."""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ from invigilator.domain import (
     MAX_DURATION_MINUTES,
     MAX_EXTENSION_MINUTES,
     MIN_DURATION_MINUTES,
-    Method,
+    Policy,
     Session,
-    Status,
 )
 from invigilator.domain import Clock as DomainClock
 from invigilator.validation import MAX_NAME_LENGTH, MAX_SEQ, PRINTABLE
+from invigilator.views import Clock as Clock
+from invigilator.views import SessionOut as SessionOut
+from invigilator.views import SessionWithAnswers as SessionWithAnswers
+from invigilator.views import clock as clock
+from invigilator.views import session_fields as session_fields
 
 CandidateId = Annotated[
     str,
@@ -85,34 +90,6 @@ class ClientEventRequest(BaseModel):
 # --- responses ----------------------------------------------------------------------------
 
 
-class Clock(BaseModel):
-    """The server's clock: clients count down from these, never from their own clock."""
-
-    status: Status
-    deadline: datetime
-    remaining_seconds: int
-    server_now: datetime
-
-
-class SessionOut(Clock):
-    candidate_id: str
-    completion_method: Method | None
-    completed_at: datetime | None
-    test_start_time: datetime
-    test_duration_minutes: int
-    extra_minutes: int
-    last_heartbeat: datetime | None
-    last_activity: datetime | None
-    sections_completed: list[str]
-    planned_sections: list[str] | None
-    created_at: datetime
-    updated_at: datetime
-
-
-class SessionWithAnswers(SessionOut):
-    pending_answers: dict[str, Any]
-
-
 class StartResponse(SessionWithAnswers):
     token: str = Field(description="The candidate's bearer token for this session only.")
     token_expires_at: datetime
@@ -151,31 +128,12 @@ class Timeline(BaseModel):
     events: list[EventOut]
 
 
-def clock(session: Session | DomainClock) -> dict[str, Any]:
-    return {
-        "status": session.status,
-        "deadline": session.deadline,
-        "remaining_seconds": session.remaining_seconds,
-        "server_now": session.server_now,
-    }
+def heartbeat_response(clock_: DomainClock, policy: Policy) -> HeartbeatResponse:
+    """What a heartbeat answers, on the route and on the fast path (validated there)."""
+    return HeartbeatResponse.model_construct(
+        **clock(clock_), next_heartbeat_seconds=policy.heartbeat_interval.total_seconds()
+    )
 
 
-def session_fields(session: Session, *, answers: bool) -> dict[str, Any]:
-    fields = {
-        **clock(session),
-        "candidate_id": session.candidate_id,
-        "completion_method": session.completion_method,
-        "completed_at": session.completed_at,
-        "test_start_time": session.test_start_time,
-        "test_duration_minutes": session.test_duration_minutes,
-        "extra_minutes": session.extra_minutes,
-        "last_heartbeat": session.last_heartbeat,
-        "last_activity": session.last_activity,
-        "sections_completed": session.sections_completed,
-        "planned_sections": session.planned_sections,
-        "created_at": session.created_at,
-        "updated_at": session.updated_at,
-    }
-    if answers:
-        fields["pending_answers"] = session.pending_answers
-    return fields
+def complete_response(session: Session, ended_now: bool) -> CompleteResponse:
+    return CompleteResponse(**session_fields(session), already_ended=not ended_now)

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import jwt
 
-from invigilator.domain import MAX_EXTENSION_MINUTES, InvigilatorError, Policy
+from invigilator.domain import MAX_EXTENSION_MINUTES, InvigilatorError, Policy, Session
 
 AUDIENCE = "invigilator:candidate"
 ALGORITHM = "HS256"
@@ -43,6 +43,12 @@ def token_expiry(test_start_time: datetime, duration_minutes: int, policy: Polic
 def issue(candidate_id: str, expires_at: datetime, secret: str, issued_at: datetime) -> str:
     claims = {"sub": candidate_id, "aud": AUDIENCE, "iat": issued_at, "exp": expires_at}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def for_session(session: Session, policy: Policy, secret: str) -> tuple[str, datetime]:
+    """The candidate's token for this session, and when it expires: what a start hands out."""
+    expires = token_expiry(session.test_start_time, session.test_duration_minutes, policy)
+    return issue(session.candidate_id, expires, secret, session.server_now), expires
 
 
 #: Tokens already verified, with their claims: a heartbeat every 15 s re-presents the same

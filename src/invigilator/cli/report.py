@@ -34,9 +34,9 @@ from invigilator.analytics import Live, Summary
 from invigilator.cli.app import app, database, err, fail, out
 from invigilator.cli.options import DatabaseUrl
 from invigilator.config import Settings
+from invigilator.db import connector
 from invigilator.db.selection import Database
 from invigilator.domain import InvigilatorError, Policy
-from invigilator.store import SessionStore
 
 # --- invigilator report ----------------------------------------------------------------------
 
@@ -141,13 +141,7 @@ async def _collect(
     with_live: bool,
 ) -> tuple[Summary, Live | None]:
     size = 2 if with_live else 1
-    pool = SessionStore.pool_for(
-        db.url,
-        min_size=size,
-        max_size=size,
-        timeout=settings.db_connect_timeout_seconds,
-        statement_timeout_ms=settings.statement_timeout_ms,
-    )
+    pool = connector.pool_for(db.url, settings, min_size=size, max_size=size)
     await pool.open(wait=True, timeout=settings.db_connect_timeout_seconds)
     try:
         policy = settings.policy()
@@ -436,7 +430,12 @@ def load_demo_data(
         with progress_bar, conn.cursor() as cur:
             task = progress_bar.add_task("candidates", total=candidates)
             for batch in generate_demo(
-                candidates, seed=seed, days=days, now=now, policy=policy or Policy(), chunk=chunk
+                candidates,
+                seed=seed,
+                days=days,
+                now=now,
+                policy=policy or Settings().policy(),
+                chunk=chunk,
             ):
                 with cur.copy("COPY candidate (candidate_id) FROM STDIN") as copy:
                     for crow in batch.candidates:

@@ -21,7 +21,7 @@ from rich.text import Text
 from invigilator.cli.app import app, database, err, fail, out
 from invigilator.cli.options import DatabaseUrl
 from invigilator.config import Settings
-from invigilator.db import migrate
+from invigilator.db import connector, migrate
 from invigilator.db.selection import Database
 from invigilator.domain import (
     DatabaseUnavailable,
@@ -31,6 +31,7 @@ from invigilator.domain import (
     Session,
     SessionNotFound,
 )
+from invigilator.service import Sessions
 from invigilator.store import SessionStore
 from invigilator.sweeper import (
     Sweeper,
@@ -60,15 +61,9 @@ def _prepare(db: Database) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _open_store(db: Database, settings: Settings) -> AsyncIterator[SessionStore]:
+async def _open_store(db: Database, settings: Settings) -> AsyncIterator[Sessions]:
     # One connection is all a sweeper or a lookup uses at a time.
-    pool = SessionStore.pool_for(
-        db.url,
-        min_size=1,
-        max_size=1,
-        timeout=settings.db_connect_timeout_seconds,
-        statement_timeout_ms=settings.statement_timeout_ms,
-    )
+    pool = connector.pool_for(db.url, settings, min_size=1, max_size=1)
     try:
         try:
             # One plain connection first: its error says why (the pool's only says "timeout").
@@ -80,7 +75,7 @@ async def _open_store(db: Database, settings: Settings) -> AsyncIterator[Session
         except psycopg.OperationalError as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
             raise DatabaseUnavailable(f"could not connect to the database: {reason}") from None
-        yield SessionStore(pool, settings.policy())
+        yield Sessions(SessionStore(pool, settings.policy()), settings.limits())
     finally:
         await pool.close()
 
@@ -248,8 +243,8 @@ def session_show(
 
 async def _load(db: Database, settings: Settings, candidate_id: str) -> tuple[Session, list[Event]]:
     async with _open_store(db, settings) as store:
-        session = await store.get(candidate_id)
-        return session, await store.events(candidate_id)
+        session = await store.read(candidate_id)
+        return session, await store.timeline(candidate_id)
 
 
 def without_answer_contents(value: Any) -> Any:

@@ -5,10 +5,10 @@
 -- * The window: a session belongs to [since, until) by its test_start_time (half-open, so
 --   consecutive windows never count a session twice). The index idx_test_session_test_start_time
 --   serves it.
--- * Lazy expiry: a row still stored `active` whose end is due (test_session_due(...).due_at <=
---   now()) is counted as the sweeper will end it: same status, method and completed_at. Only
---   the rows stored active pay for the test_session_due call; `overdue_unswept` says how many
---   were counted this way.
+-- * Lazy expiry: a row still stored `active` that is no longer open (test_session_open) is
+--   counted as the sweeper will end it: same status, method and completed_at (the rules of
+--   migration 0003). Only the rows stored active pay for the rules; `overdue_unswept` says
+--   how many were counted this way.
 -- * Everything is defined on an empty window: counts are 0, rates and statistics are null
 --   (never a division by zero), histograms are dense lists (empty when there is nothing).
 
@@ -22,7 +22,7 @@ SELECT coalesce(%(since)s::timestamptz,
 -- Every metric of the report as one JSON object, for the sessions that started in [since, until).
 WITH stored AS (
     -- Ended rows as stored, and active ones as they truly are (lazy expiry): only the active
-    -- rows, a small share, pay for the test_session_due call.
+    -- rows, a small share, pay for the rules.
     SELECT t.candidate_id, t.test_start_time, t.deadline, t.sections_completed,
            t.status, t.completion_method AS method, t.completed_at AS ended_at,
            false AS overdue, t.last_heartbeat
@@ -32,16 +32,20 @@ WITH stored AS (
        AND t.status <> 'active'
     UNION ALL
     SELECT t.candidate_id, t.test_start_time, t.deadline, t.sections_completed,
-           CASE WHEN due.method IS NULL THEN 'active'
-                WHEN due.method = 'heartbeat_timeout' THEN 'abandoned'
-                ELSE 'completed' END,
+           coalesce(test_session_status_of(due.method), 'active'),
            due.method, due.ends_at, due.method IS NOT NULL, t.last_heartbeat
       FROM test_session t
       LEFT JOIN LATERAL (
-          SELECT d.method, d.ends_at
-            FROM test_session_due(t, %(abandon_after)s::interval, %(deadline_grace)s::interval,
-                                  %(tab_close_grace)s::interval, %(tab_close_submits)s::boolean) d
-           WHERE d.due_at <= now()
+          SELECT test_session_end_method(t.deadline, t.last_heartbeat, t.test_start_time,
+                                         t.tab_closed_at, %(abandon_after)s::interval,
+                                         %(tab_close_submits)s::boolean) AS method,
+                 test_session_ends_at(t.deadline, t.last_heartbeat, t.test_start_time,
+                                      t.tab_closed_at, %(abandon_after)s::interval,
+                                      %(tab_close_submits)s::boolean) AS ends_at
+           WHERE NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                                       t.tab_closed_at, %(abandon_after)s::interval,
+                                       %(deadline_grace)s::interval, %(tab_close_grace)s::interval,
+                                       %(tab_close_submits)s::boolean, now())
       ) due ON true
      WHERE t.test_start_time >= %(since)s::timestamptz
        AND t.test_start_time < %(until)s::timestamptz
@@ -56,17 +60,14 @@ WITH stored AS (
            CASE WHEN x.status = 'completed'
                 THEN greatest(date_part('epoch', x.ended_at - x.test_start_time), 0) END
                AS duration_s,
-           coalesce(x.method IN ('heartbeat_timeout', 'tab_close', 'admin_terminated'), false)
-               AS gave_up,
+           test_session_gave_up(x.method) AS gave_up,
            -- When the candidate left: last heard of for a heartbeat timeout, else the end.
            CASE WHEN x.method = 'heartbeat_timeout'
                 THEN least(coalesce(x.last_heartbeat, x.test_start_time), x.ended_at)
                 WHEN x.method IN ('tab_close', 'admin_terminated') THEN x.ended_at END AS left_at,
            -- Who gave up, and when their session ended: `focus` probes the event log for them.
-           CASE WHEN x.method IN ('heartbeat_timeout', 'tab_close', 'admin_terminated')
-                THEN x.candidate_id END AS leaver_id,
-           CASE WHEN x.method IN ('heartbeat_timeout', 'tab_close', 'admin_terminated')
-                THEN x.ended_at END AS leaver_end
+           CASE WHEN test_session_gave_up(x.method) THEN x.candidate_id END AS leaver_id,
+           CASE WHEN test_session_gave_up(x.method) THEN x.ended_at END AS leaver_end
       FROM stored x
 ), focus AS (
     -- Those who gave up and lost focus (or hid the tab) before the end: one probe of the
@@ -247,14 +248,14 @@ WITH live AS MATERIALIZED (
            jsonb_array_length(t.sections_completed) AS sections_completed,
            t.tab_closed_at IS NOT NULL AS tab_closed
       FROM test_session t
-     CROSS JOIN LATERAL test_session_due(
-           t, %(abandon_after)s::interval, %(deadline_grace)s::interval,
-           %(tab_close_grace)s::interval, %(tab_close_submits)s::boolean) d
      WHERE t.status = 'active'
        -- implied by the next line (due_at <= deadline + grace); lets idx_test_session_active
        -- skip overdue rows the sweeper has not reached yet
        AND t.deadline > now() - %(deadline_grace)s::interval
-       AND now() < d.due_at
+       AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                             t.tab_closed_at, %(abandon_after)s::interval,
+                             %(deadline_grace)s::interval, %(tab_close_grace)s::interval,
+                             %(tab_close_submits)s::boolean, now())
 )
 SELECT json_build_object(
     'server_now', now(),

@@ -1,26 +1,18 @@
 -- The named queries of the session store. Each block: a `-- name --` header, a one-line
--- description, then one statement. Time is always the database's `now()`.
---
--- Every write to a running session carries the same guard, "active and not yet due":
---     t.status = 'active' AND now() < (SELECT d.due_at FROM test_session_due(t, ...) d)
--- so a session whose deadline passed is ended for every caller even before the sweeper ran
--- (lazy expiry). When a guarded write matches no row, the store finalizes the session if it
--- is due (finalize_one) and reports why from get_session.
+-- description, then one statement. The rules are SQL functions (migration 0003): every write
+-- to a running session is guarded by test_session_open(...), and every change names who acts
+-- through invigilator_act(actor, reason), which also gives the statement its clock (`c.at`,
+-- the database's now()). The timeline is written by the trigger test_session_timeline, never
+-- here. A guarded write that matches no row is explained by the store: `finalize` (lazy
+-- expiry) then `get_session`.
 
 -- start_session --
 -- Create an active session; returns nothing when the candidate already has one.
-WITH created AS (
-    INSERT INTO test_session (candidate_id, test_duration_minutes, planned_sections)
-    VALUES (%(candidate_id)s, %(duration_minutes)s, %(planned_sections)s)
+INSERT INTO test_session (candidate_id, test_start_time, test_duration_minutes, planned_sections)
+SELECT %(candidate_id)s, c.at, %(duration_minutes)s, %(planned_sections)s
+  FROM invigilator_act(%(actor)s) AS c (at)
     ON CONFLICT (candidate_id) DO NOTHING
-    RETURNING *
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, 'started', %(actor)s,
-           jsonb_build_object('duration_minutes', test_duration_minutes)
-      FROM created
-)
-SELECT created.*, now() AS server_now FROM created;
+RETURNING *, now() AS server_now;
 
 -- create_candidate --
 -- Create a minimal candidate row for a host app that has none (an explicit option).
@@ -30,260 +22,157 @@ INSERT INTO candidate (candidate_id) VALUES (%(candidate_id)s) ON CONFLICT DO NO
 -- One session as stored, with the database clock.
 SELECT t.*, now() AS server_now FROM test_session t WHERE t.candidate_id = %(candidate_id)s;
 
--- heartbeat --
--- The browser is alive: stamp last_heartbeat (and last_activity when the candidate acted),
--- clear a pending tab-close, and log `resumed` after a tab-close or a long silence.
-WITH prev AS (
-    SELECT candidate_id, last_heartbeat, tab_closed_at
-      FROM test_session
-     WHERE candidate_id = %(candidate_id)s
-       FOR UPDATE
-), beat AS (
-    UPDATE test_session t
-       SET last_heartbeat = now(),
-           last_activity = CASE WHEN %(active)s THEN now() ELSE t.last_activity END,
-           tab_closed_at = NULL
-      FROM prev
-     WHERE t.candidate_id = prev.candidate_id
-       AND t.status = 'active'
-       AND now() < (SELECT d.due_at FROM test_session_due(
-               t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
-    RETURNING t.*, prev.last_heartbeat AS previous_heartbeat, prev.tab_closed_at AS previous_tab_close
-), resumed AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, 'resumed', 'candidate',
-           jsonb_build_object(
-               'gap_seconds', round(extract(epoch FROM now() - previous_heartbeat)::numeric, 1),
-               'after_tab_close', previous_tab_close IS NOT NULL)
-      FROM beat
-     WHERE previous_tab_close IS NOT NULL OR now() - previous_heartbeat > %(resume_gap)s
-)
-SELECT beat.*, now() AS server_now FROM beat;
-
 -- heartbeat_batch --
--- Many heartbeats in one statement (the hot path). Same effect per session as `heartbeat`;
--- sessions not returned were refused (ended, due or unknown) and are retried one by one.
--- Rows are locked in key order so concurrent batches cannot deadlock.
-WITH beats AS (
-    SELECT b.candidate_id, b.active
-      FROM unnest(%(candidate_ids)s, %(active)s::boolean[]) AS b (candidate_id, active)
-), prev AS (
-    SELECT t.candidate_id, t.last_heartbeat, t.tab_closed_at
-      FROM test_session t
-      JOIN beats b ON b.candidate_id = t.candidate_id
-     WHERE t.status = 'active'
-     ORDER BY t.candidate_id
-       FOR UPDATE OF t
-), beat AS (
-    UPDATE test_session t
-       SET last_heartbeat = now(),
-           last_activity = CASE WHEN b.active THEN now() ELSE t.last_activity END,
-           tab_closed_at = NULL
-      FROM beats b
-      JOIN prev p ON p.candidate_id = b.candidate_id
-     WHERE t.candidate_id = b.candidate_id
-       AND t.status = 'active'
-       AND now() < (SELECT d.due_at FROM test_session_due(
-               t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
-    RETURNING t.candidate_id, t.status, t.deadline,
-              p.last_heartbeat AS previous_heartbeat, p.tab_closed_at AS previous_tab_close
-), resumed AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, 'resumed', 'candidate',
-           jsonb_build_object(
-               'gap_seconds', round(extract(epoch FROM now() - previous_heartbeat)::numeric, 1),
-               'after_tab_close', previous_tab_close IS NOT NULL)
-      FROM beat
-     WHERE previous_tab_close IS NOT NULL OR now() - previous_heartbeat > %(resume_gap)s
-)
-SELECT candidate_id, status, deadline, now() AS server_now FROM beat;
+-- Heartbeats for many sessions in one statement (the hot path; a single heartbeat is a batch
+-- of one): stamp last_heartbeat (and last_activity when the candidate acted) and clear a
+-- pending tab close. Sessions not returned were refused (ended, due or unknown). The caller
+-- sends the ids sorted, so concurrent batches lock shared rows in the same order.
+UPDATE test_session t
+   SET last_heartbeat = c.at,
+       last_activity = CASE WHEN b.active THEN c.at ELSE t.last_activity END,
+       tab_closed_at = NULL
+  FROM unnest(%(candidate_ids)s, %(active)s::boolean[]) AS b (candidate_id, active),
+       invigilator_act('candidate', NULL, %(resume_gap)s) AS c (at)
+ WHERE t.candidate_id = b.candidate_id
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+RETURNING t.candidate_id, t.status, t.deadline, c.at AS server_now;
 
 -- record_activity --
 -- The candidate typed, clicked or scrolled.
 UPDATE test_session t
-   SET last_activity = now()
+   SET last_activity = c.at
+  FROM invigilator_act('candidate') AS c (at)
  WHERE t.candidate_id = %(candidate_id)s
-   AND t.status = 'active'
-   AND now() < (SELECT d.due_at FROM test_session_due(
-           t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
-RETURNING t.*, now() AS server_now;
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+RETURNING t.*, c.at AS server_now;
 
 -- complete_section --
--- Append a section to sections_completed unless it is there already (set semantics, order kept).
-WITH added AS (
-    UPDATE test_session t
-       SET sections_completed = t.sections_completed || jsonb_build_array(%(section)s::text),
-           last_activity = now()
-     WHERE t.candidate_id = %(candidate_id)s
-       AND t.status = 'active'
-       AND NOT t.sections_completed @> jsonb_build_array(%(section)s::text)
-       AND (t.planned_sections IS NULL OR t.planned_sections @> jsonb_build_array(%(section)s::text))
-       AND now() < (SELECT d.due_at FROM test_session_due(
-               t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
-    RETURNING t.*
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, 'section_completed', 'candidate',
-           jsonb_build_object('section', %(section)s::text,
-                              'count', jsonb_array_length(sections_completed))
-      FROM added
-)
-SELECT added.*, now() AS server_now FROM added;
+-- Append a section to sections_completed unless it is there already (set semantics, order
+-- kept); a section outside the planned list (when there is one) is not taken.
+UPDATE test_session t
+   SET sections_completed = t.sections_completed || jsonb_build_array(%(section)s::text),
+       last_activity = c.at
+  FROM invigilator_act('candidate') AS c (at)
+ WHERE t.candidate_id = %(candidate_id)s
+   AND NOT t.sections_completed @> jsonb_build_array(%(section)s::text)
+   AND (t.planned_sections IS NULL OR t.planned_sections @> jsonb_build_array(%(section)s::text))
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+RETURNING t.*, c.at AS server_now;
 
 -- save_answers --
 -- Merge answers into pending_answers. A question keeps the value of the highest `seq` saved
 -- for it: an older save never overwrites a newer one; the same seq again is a harmless retry.
 -- The row lock serialises concurrent saves, and each merges into the row as the previous left it.
-WITH saved AS (
-    UPDATE test_session t
-       SET pending_answers = t.pending_answers || (
-               SELECT coalesce(jsonb_object_agg(a.key, a.value), '{}'::jsonb)
-                 FROM jsonb_each(%(answers)s::jsonb) a
-                WHERE coalesce((t.answer_seq ->> a.key)::bigint, -1) <= %(seq)s::bigint),
-           answer_seq = t.answer_seq || (
-               SELECT coalesce(jsonb_object_agg(a.key, %(seq)s::bigint), '{}'::jsonb)
-                 FROM jsonb_each(%(answers)s::jsonb) a
-                WHERE coalesce((t.answer_seq ->> a.key)::bigint, -1) <= %(seq)s::bigint),
-           last_activity = now()
-     WHERE t.candidate_id = %(candidate_id)s
-       AND t.status = 'active'
-       AND now() < (SELECT d.due_at FROM test_session_due(
-               t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
-    RETURNING t.*
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, 'answers_saved', 'candidate',
-           jsonb_build_object('questions', (SELECT jsonb_agg(k ORDER BY k)
-                                              FROM jsonb_object_keys(%(answers)s::jsonb) k),
-                              'seq', %(seq)s::bigint)
-      FROM saved
-)
-SELECT saved.*, octet_length(saved.pending_answers::text) AS answers_bytes, now() AS server_now
-  FROM saved;
+UPDATE test_session t
+   SET pending_answers = t.pending_answers || (
+           SELECT coalesce(jsonb_object_agg(a.key, a.value), '{}'::jsonb)
+             FROM jsonb_each(%(answers)s::jsonb) a
+            WHERE coalesce((t.answer_seq ->> a.key)::bigint, -1) <= %(seq)s::bigint),
+       answer_seq = t.answer_seq || (
+           SELECT coalesce(jsonb_object_agg(a.key, %(seq)s::bigint), '{}'::jsonb)
+             FROM jsonb_each(%(answers)s::jsonb) a
+            WHERE coalesce((t.answer_seq ->> a.key)::bigint, -1) <= %(seq)s::bigint),
+       last_activity = c.at
+  FROM invigilator_act('candidate') AS c (at)
+ WHERE t.candidate_id = %(candidate_id)s
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+RETURNING t.*, octet_length(t.pending_answers::text) AS answers_bytes, c.at AS server_now;
 
 -- record_tab_close --
 -- The tab is closing (a beacon): start the tab-close grace.
-WITH marked AS (
-    UPDATE test_session t
-       SET tab_closed_at = now()
-     WHERE t.candidate_id = %(candidate_id)s
-       AND t.status = 'active'
-       AND now() < (SELECT d.due_at FROM test_session_due(
-               t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
-    RETURNING t.*
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, 'tab_closed', 'candidate', '{}'::jsonb FROM marked
-)
-SELECT marked.*, now() AS server_now FROM marked;
+UPDATE test_session t
+   SET tab_closed_at = c.at
+  FROM invigilator_act('candidate') AS c (at)
+ WHERE t.candidate_id = %(candidate_id)s
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+RETURNING t.*, c.at AS server_now;
 
 -- record_client_event --
--- A browser-reported event (focus lost/regained, tab hidden/visible) on a running session.
+-- A browser-reported event (focus lost/regained, tab hidden/visible) on an open session: the
+-- one kind of event that is not a change of the row, so it is written here.
 INSERT INTO test_session_event (candidate_id, type, actor, detail)
 SELECT t.candidate_id, %(type)s, 'candidate', %(detail)s::jsonb
-  FROM test_session t
+  FROM test_session t, now() AS c (at)
  WHERE t.candidate_id = %(candidate_id)s
-   AND t.status = 'active'
-   AND now() < (SELECT d.due_at FROM test_session_due(
-           t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
 RETURNING candidate_id, now() AS server_now;
 
 -- extend_time --
--- Give a running session extra minutes; the stored deadline moves with them (trigger).
-WITH extended AS (
-    UPDATE test_session t
-       SET extra_minutes = t.extra_minutes + %(minutes)s::integer
-     WHERE t.candidate_id = %(candidate_id)s
-       AND t.status = 'active'
-       AND now() < (SELECT d.due_at FROM test_session_due(
-               t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
-    RETURNING t.*
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, 'time_extended', %(actor)s,
-           jsonb_build_object('minutes', %(minutes)s::integer, 'reason', %(reason)s::text,
-                              'deadline', deadline)
-      FROM extended
-)
-SELECT extended.*, now() AS server_now FROM extended;
+-- Give an open session extra minutes; the stored deadline moves with them (trigger).
+UPDATE test_session t
+   SET extra_minutes = t.extra_minutes + %(minutes)s::integer
+  FROM invigilator_act(%(actor)s, %(reason)s) AS c (at)
+ WHERE t.candidate_id = %(candidate_id)s
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+RETURNING t.*, c.at AS server_now;
 
 -- complete --
--- End a running session now (the candidate submits, or staff end it). First completion wins.
-WITH ended AS (
-    UPDATE test_session t
-       SET status = %(status)s,
-           completion_method = %(method)s,
-           completed_at = now(),
-           tab_closed_at = NULL
-     WHERE t.candidate_id = %(candidate_id)s
-       AND t.status = 'active'
-       AND now() < (SELECT d.due_at FROM test_session_due(
-               t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d)
-    RETURNING t.*
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, status, %(actor)s,
-           jsonb_strip_nulls(jsonb_build_object('method', completion_method, 'reason', %(reason)s::text))
-      FROM ended
-)
-SELECT ended.*, now() AS server_now FROM ended;
+-- End an open session now with `method` (the candidate submits, or staff end it); the status
+-- is the one the method leads to. The first ending wins and is never moved.
+UPDATE test_session t
+   SET status = test_session_status_of(%(method)s),
+       completion_method = %(method)s,
+       completed_at = c.at,
+       tab_closed_at = NULL
+  FROM invigilator_act(%(actor)s, %(reason)s) AS c (at)
+ WHERE t.candidate_id = %(candidate_id)s
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+RETURNING t.*, c.at AS server_now;
 
--- finalize_one --
--- End one session if it is due (lazy expiry); waits for a sweeper that holds it.
-WITH due AS (
-    SELECT t.candidate_id, d.method, d.ends_at
-      FROM test_session t
-     CROSS JOIN LATERAL test_session_due(
-           t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d
-     WHERE t.candidate_id = %(candidate_id)s
-       AND t.status = 'active'
-       AND d.due_at <= now()
-       FOR UPDATE OF t
-), ended AS (
-    UPDATE test_session t
-       SET status = CASE WHEN due.method = 'heartbeat_timeout' THEN 'abandoned' ELSE 'completed' END,
-           completion_method = due.method,
-           completed_at = due.ends_at,
-           tab_closed_at = NULL
-      FROM due
-     WHERE t.candidate_id = due.candidate_id AND t.status = 'active'
-    RETURNING t.candidate_id, t.status, t.completion_method, t.completed_at
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, status, 'system',
-           jsonb_build_object('method', completion_method, 'ended_at', completed_at)
-      FROM ended
-)
-SELECT * FROM ended;
+-- find_due --
+-- The sweeper's pick: up to `limit` active sessions that are due, earliest first, locked and
+-- skipping rows another sweeper holds (they are that sweeper's batch).
+SELECT t.candidate_id
+  FROM test_session t
+ WHERE t.status = 'active'
+   AND NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                             t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                             %(tab_close_grace)s, %(tab_close_submits)s, now())
+ ORDER BY test_session_due_at(t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at,
+                              %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s,
+                              %(tab_close_submits)s)
+ LIMIT %(limit)s
+   FOR UPDATE OF t SKIP LOCKED;
 
--- finalize_due --
--- The sweeper's batch: end up to `limit` due sessions, skipping rows another sweeper holds.
-WITH due AS (
-    SELECT t.candidate_id, d.method, d.ends_at
-      FROM test_session t
-     CROSS JOIN LATERAL test_session_due(
-           t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d
-     WHERE t.status = 'active'
-       AND d.due_at <= now()
-     ORDER BY d.due_at
-     LIMIT %(limit)s
-       FOR UPDATE OF t SKIP LOCKED
-), ended AS (
-    UPDATE test_session t
-       SET status = CASE WHEN due.method = 'heartbeat_timeout' THEN 'abandoned' ELSE 'completed' END,
-           completion_method = due.method,
-           completed_at = due.ends_at,
-           tab_closed_at = NULL
-      FROM due
-     WHERE t.candidate_id = due.candidate_id AND t.status = 'active'
-    RETURNING t.candidate_id, t.status, t.completion_method, t.completed_at
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT candidate_id, status, 'sweeper',
-           jsonb_build_object('method', completion_method, 'ended_at', completed_at)
-      FROM ended
-)
-SELECT * FROM ended ORDER BY completed_at, candidate_id;
+-- finalize --
+-- End each of these sessions that is due, as the rules say: the one ending statement of lazy
+-- expiry (one id) and of the sweeper (its batch). The guard is evaluated on the row as it is
+-- when locked, so a heartbeat that committed first keeps its session, and a session another
+-- caller ended is left alone: each session ends exactly once.
+UPDATE test_session t
+   SET status = test_session_status_of(test_session_end_method(
+           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, %(abandon_after)s,
+           %(tab_close_submits)s)),
+       completion_method = test_session_end_method(
+           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, %(abandon_after)s,
+           %(tab_close_submits)s),
+       completed_at = test_session_ends_at(
+           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, %(abandon_after)s,
+           %(tab_close_submits)s),
+       tab_closed_at = NULL
+  FROM invigilator_act(%(actor)s) AS c (at)
+ WHERE t.candidate_id = ANY (%(candidate_ids)s)
+   AND t.status = 'active'
+   AND NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                             t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                             %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+RETURNING t.candidate_id, t.status, t.completion_method, t.completed_at;
 
 -- find_active --
 -- The guide's "Find Active Sessions": active with time left, over the stored deadline (indexed).

@@ -57,8 +57,7 @@ UPDATE webhook_delivery d
   FROM due, webhook_endpoint w
  WHERE d.id = due.id AND w.id = d.endpoint_id
 RETURNING d.id, d.event_id, d.type, d.candidate_id, d.payload, d.created_at, d.attempts,
-          w.id AS endpoint_id, w.url, w.secret, w.from_env, w.include_answers,
-          now() - d.created_at AS age;
+          w.id AS endpoint_id, w.url, w.secret, w.from_env, w.include_answers;
 
 -- record_delivered --
 -- The receiver answered 2xx.
@@ -90,8 +89,6 @@ SELECT md5(t.candidate_id::text || '/' || extract(epoch FROM s.since)::text)::uu
        webhook_session_snapshot(t, w.include_answers), s.since
   FROM test_session t
  CROSS JOIN LATERAL (SELECT coalesce(t.last_heartbeat, t.test_start_time) AS since) s
- CROSS JOIN LATERAL test_session_due(
-       t, %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, %(tab_close_submits)s) d
   JOIN webhook_endpoint w
     ON w.active AND (w.event_types IS NULL OR 'session.silent' = ANY (w.event_types))
  WHERE EXISTS (SELECT FROM webhook_endpoint x
@@ -100,7 +97,9 @@ SELECT md5(t.candidate_id::text || '/' || extract(epoch FROM s.since)::text)::uu
    AND t.status = 'active'
    AND t.deadline > now()
    AND s.since < now() - %(silent_after)s::interval
-   AND now() < d.due_at
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
+                         %(tab_close_grace)s, %(tab_close_submits)s, now())
 ON CONFLICT DO NOTHING
 RETURNING candidate_id;
 

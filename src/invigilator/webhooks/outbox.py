@@ -7,32 +7,18 @@ staff API. Every method is one short transaction: no connection is held during a
 
 from __future__ import annotations
 
-import contextlib
 import secrets
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from invigilator import sql
-from invigilator.domain import DatabaseUnavailable, Policy
-from invigilator.store import translate_errors
+from invigilator.db.connector import Row, transaction
+from invigilator.domain import Policy
 
 Q = sql.webhook_queries()
-Row = dict[str, Any]
-
-EVENT_TYPES = (
-    "session.started",
-    "session.completed",
-    "session.abandoned",
-    "session.time_extended",
-    "session.silent",
-)
-STATUSES = ("pending", "delivered", "failed")
 
 
 @dataclass(frozen=True)
@@ -51,7 +37,6 @@ class Claimed:
     secret: str | None
     from_env: bool
     include_answers: bool
-    age: timedelta
 
 
 def new_secret() -> str:
@@ -62,17 +47,8 @@ class WebhookStore:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
 
-    @contextlib.asynccontextmanager
-    async def _cursor(self) -> AsyncIterator[psycopg.AsyncCursor[Row]]:
-        with translate_errors():
-            try:
-                async with self.pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                    yield cur
-            except TimeoutError as exc:
-                raise DatabaseUnavailable("the database is unavailable; try again shortly") from exc
-
     async def _all(self, name: str, **params: Any) -> list[Row]:
-        async with self._cursor() as cur:
+        async with transaction(self.pool) as cur:
             await cur.execute(Q[name], params)
             return await cur.fetchall() if cur.description else []
 
@@ -103,7 +79,6 @@ class WebhookStore:
                 secret=r["secret"],
                 from_env=r["from_env"],
                 include_answers=r["include_answers"],
-                age=r["age"],
             )
             for r in rows
         ]
@@ -176,7 +151,7 @@ class WebhookStore:
 
     async def remove_endpoint(self, endpoint_id: int) -> bool:
         """Deactivate a staff-registered endpoint and fail its pending deliveries."""
-        async with self._cursor() as cur:
+        async with transaction(self.pool) as cur:
             await cur.execute(Q["deactivate_endpoint"], {"id": endpoint_id})
             if await cur.fetchone() is None:
                 return False

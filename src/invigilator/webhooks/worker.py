@@ -37,10 +37,10 @@ import httpx
 from psycopg_pool import AsyncConnectionPool
 
 from invigilator import __version__, metrics
-from invigilator.api.schemas import SessionOut, SessionWithAnswers
 from invigilator.config import Settings
 from invigilator.domain import DatabaseUnavailable, InvigilatorError, Policy, SchemaProblem
 from invigilator.domain import remaining_seconds as remaining
+from invigilator.views import SessionOut, SessionWithAnswers
 from invigilator.webhooks import sign
 from invigilator.webhooks.outbox import Claimed, WebhookStore
 

@@ -32,7 +32,7 @@ async def summary(
     """Counts, completion rate, durations, abandonment patterns and the daily trend for the
     sessions that started in the window (default: the last 30 days)."""
     start, end = _bounds(since, until, tz)
-    result = await analytics.summary(runtime.store.pool, start, end, runtime.policy, tz=tz)
+    result = await analytics.summary(runtime.pool, start, end, runtime.policy, tz=tz)
     return dict(result)
 
 
@@ -41,7 +41,7 @@ async def live(
     staff: StaffDep, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 500
 ) -> dict[str, Any]:
     """Running sessions with remaining time and seconds since the last heartbeat; silent first."""
-    return dict(await analytics.live(runtime.store.pool, runtime.policy, limit=limit))
+    return dict(await analytics.live(runtime.pool, runtime.policy, limit=limit))
 
 
 @router.get(
@@ -61,6 +61,6 @@ async def chart(
     if name not in charts.CHARTS:
         raise InvalidInput(f"no chart {name!r}; charts: {', '.join(charts.NAMES)}")
     start, end = _bounds(since, until, tz)
-    result = await analytics.summary(runtime.store.pool, start, end, runtime.policy, tz=tz)
+    result = await analytics.summary(runtime.pool, start, end, runtime.policy, tz=tz)
     svg = await anyio.to_thread.run_sync(charts.render, result, name, "svg")
     return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})

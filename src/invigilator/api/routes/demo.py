@@ -42,17 +42,14 @@ async def demo_page() -> HTMLResponse:
 async def start_demo(runtime: RuntimeDep) -> RedirectResponse:
     """Start a fresh demo candidate's session and send the browser to it."""
     candidate_id = f"demo-{secrets.token_hex(8)}"
-    session, _ = await runtime.store.start(
+    started = await runtime.sessions.start(
         candidate_id,
         duration_minutes=DEMO_MINUTES,
-        planned_sections=DEMO_SECTIONS,
+        sections=DEMO_SECTIONS,
         create_candidate=True,
         actor="demo",
     )
-    expires = tokens.token_expiry(
-        session.test_start_time, session.test_duration_minutes, runtime.policy
-    )
-    token = tokens.issue(session.candidate_id, expires, runtime.secret_key, session.server_now)
+    token, _ = tokens.for_session(started.session, runtime.policy, runtime.secret_key)
     return RedirectResponse(
         f"/demo?candidate={quote(candidate_id)}#token={token}", status_code=303, headers=NO_STORE
     )

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from invigilator.api.deps import StoreDep
-from invigilator.domain import DatabaseUnavailable
-from invigilator.store import translate_errors
+from invigilator.api.deps import RuntimeDep
+from invigilator.db.connector import translate_errors
 
 router = APIRouter(tags=["health"])
 
@@ -18,12 +17,9 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(store: StoreDep) -> dict[str, str]:
+async def readyz(runtime: RuntimeDep) -> dict[str, str]:
     """The database answers."""
-    try:
-        with translate_errors():
-            async with store.pool.connection(timeout=2) as conn:
-                await conn.execute("SELECT 1")
-    except TimeoutError as exc:
-        raise DatabaseUnavailable("the database is not reachable") from exc
+    with translate_errors():
+        async with runtime.pool.connection(timeout=2) as conn:
+            await conn.execute("SELECT 1")
     return {"status": "ready"}

@@ -1,4 +1,5 @@
-"""Staff API: start sessions, list and read them, extend time, end them. Bearer staff key."""
+"""Staff API: start sessions, list and read them, extend time, end them. Bearer staff key.
+Each route turns HTTP into one call of the service (invigilator.service) and back."""
 
 from __future__ import annotations
 
@@ -10,9 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 
 from invigilator.api import schemas, tokens
-from invigilator.api.deps import CandidateIdPath, RuntimeDep, StaffDep, StoreDep
-from invigilator.domain import InvalidInput, Method, Status
-from invigilator.validation import check_name
+from invigilator.api.deps import CandidateIdPath, RuntimeDep, SessionsDep, StaffDep
+from invigilator.domain import InvalidInput, Status
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["staff"])
 
@@ -40,46 +40,38 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 async def start_session(
     body: schemas.StartRequest,
     staff: StaffDep,
-    store: StoreDep,
+    sessions: SessionsDep,
     runtime: RuntimeDep,
     response: Response,
 ) -> schemas.StartResponse:
     """Start a candidate's test session and get the candidate's token. Repeating it for an
     active session returns that session (200) with a fresh token."""
-    if body.sections is not None:
-        if len(body.sections) > runtime.limits.max_sections:
-            raise InvalidInput(f"at most {runtime.limits.max_sections} sections", field="sections")
-        for section in body.sections:
-            check_name(section, "section")
-    session, created = await store.start(
+    started = await sessions.start(
         body.candidate_id,
         duration_minutes=body.duration_minutes,
-        planned_sections=list(dict.fromkeys(body.sections)) if body.sections else None,
+        sections=body.sections,
         create_candidate=body.create_candidate,
         actor=staff.actor,
     )
-    if not created:
+    if not started.created:
         response.status_code = 200
-    expires = tokens.token_expiry(
-        session.test_start_time, session.test_duration_minutes, runtime.policy
-    )
-    token = tokens.issue(session.candidate_id, expires, runtime.secret_key, session.server_now)
+    token, expires = tokens.for_session(started.session, runtime.policy, runtime.secret_key)
     return schemas.StartResponse(
-        **schemas.session_fields(session, answers=True), token=token, token_expires_at=expires
+        **schemas.session_fields(started.session), token=token, token_expires_at=expires
     )
 
 
 @router.get("", response_model=schemas.SessionPage)
 async def list_sessions(
     staff: StaffDep,
-    store: StoreDep,
+    sessions: SessionsDep,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> schemas.SessionPage:
     """Sessions, newest start first; follow `next_cursor` for the next page."""
     after = _decode_cursor(cursor) if cursor else None
-    page = await store.list_sessions(status=status, limit=limit, after=after)
+    page = await sessions.list_sessions(status=status, limit=limit, after=after)
     next_cursor = (
         _encode_cursor(page[-1].test_start_time, page[-1].candidate_id)
         if len(page) == limit
@@ -93,18 +85,17 @@ async def list_sessions(
 
 @router.get("/{candidate_id}", response_model=schemas.SessionWithAnswers)
 async def get_session(
-    candidate_id: CandidateIdPath, staff: StaffDep, store: StoreDep
+    candidate_id: CandidateIdPath, staff: StaffDep, sessions: SessionsDep
 ) -> schemas.SessionWithAnswers:
-    session = await store.get(candidate_id)
-    return schemas.SessionWithAnswers(**schemas.session_fields(session, answers=True))
+    return schemas.SessionWithAnswers(**schemas.session_fields(await sessions.read(candidate_id)))
 
 
 @router.get("/{candidate_id}/events", response_model=schemas.Timeline)
 async def session_events(
-    candidate_id: CandidateIdPath, staff: StaffDep, store: StoreDep
+    candidate_id: CandidateIdPath, staff: StaffDep, sessions: SessionsDep
 ) -> schemas.Timeline:
     """The session's timeline, oldest first (for disputes: what happened, and when)."""
-    events = await store.events(candidate_id)
+    events = await sessions.timeline(candidate_id)
     return schemas.Timeline(
         candidate_id=candidate_id,
         events=[
@@ -116,25 +107,26 @@ async def session_events(
 
 @router.post("/{candidate_id}/extend", response_model=schemas.SessionWithAnswers)
 async def extend_session(
-    candidate_id: CandidateIdPath, body: schemas.ExtendRequest, staff: StaffDep, store: StoreDep
+    candidate_id: CandidateIdPath,
+    body: schemas.ExtendRequest,
+    staff: StaffDep,
+    sessions: SessionsDep,
 ) -> schemas.SessionWithAnswers:
     """Give a running session extra minutes; the deadline moves at once for everybody."""
-    session = await store.extend(
-        candidate_id, body.minutes, actor=staff.actor, reason=body.reason or None
+    session = await sessions.extend(
+        candidate_id, body.minutes, actor=staff.actor, reason=body.reason
     )
-    return schemas.SessionWithAnswers(**schemas.session_fields(session, answers=True))
+    return schemas.SessionWithAnswers(**schemas.session_fields(session))
 
 
 @router.post("/{candidate_id}/end", response_model=schemas.CompleteResponse)
 async def end_session(
-    candidate_id: CandidateIdPath, body: schemas.EndRequest, staff: StaffDep, store: StoreDep
+    candidate_id: CandidateIdPath, body: schemas.EndRequest, staff: StaffDep, sessions: SessionsDep
 ) -> schemas.CompleteResponse:
     """Staff end a session: `submit` (completed / admin) or `terminate` (abandoned /
     admin_terminated). On an ended session it returns the stored outcome."""
-    method = Method.ADMIN if body.outcome == "submit" else Method.ADMIN_TERMINATED
-    session, ended_now = await store.complete(
-        candidate_id, method, actor=staff.actor, reason=body.reason or None
-    )
-    return schemas.CompleteResponse(
-        **schemas.session_fields(session, answers=True), already_ended=not ended_now
+    return schemas.complete_response(
+        *await sessions.end_as_staff(
+            candidate_id, body.outcome, actor=staff.actor, reason=body.reason
+        )
     )

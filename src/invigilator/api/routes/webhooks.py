@@ -26,7 +26,7 @@ EventType = Literal[
 
 
 def get_outbox(runtime: RuntimeDep) -> WebhookStore:
-    return WebhookStore(runtime.store.pool)
+    return WebhookStore(runtime.pool)
 
 
 OutboxDep = Annotated[WebhookStore, Depends(get_outbox)]

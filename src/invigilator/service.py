@@ -1,0 +1,162 @@
+"""The service layer: the operations people name — start a session, read it, beat, save
+answers, complete a section, record an event, close a tab, submit, end it as staff, extend it,
+sweep, read its timeline — each one transaction, and safe to retry where a retry can happen.
+
+The HTTP routes, the heartbeat fast path, the CLI, the sweeper and the demo call these; none of
+them reaches the store. Input rules that the database cannot state well (sizes, depth, names)
+are checked here, before anything is written, so every caller gets the same refusals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from invigilator.domain import (
+    DEFAULT_DURATION_MINUTES,
+    Clock,
+    Ended,
+    Event,
+    InvalidInput,
+    Method,
+    Policy,
+    SaveResult,
+    Session,
+    Status,
+)
+from invigilator.heartbeats import HeartbeatBatcher
+from invigilator.store import SessionStore
+from invigilator.validation import Limits, check_answers, check_name
+
+#: How staff may end a session, and the completion method each outcome is recorded with.
+STAFF_OUTCOMES: dict[str, Method] = {"submit": Method.ADMIN, "terminate": Method.ADMIN_TERMINATED}
+StaffOutcome = Literal["submit", "terminate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    session: Session
+    created: bool  # False: the candidate's active session, returned as it is
+
+
+class Sessions:
+    """Every operation on test sessions. `heartbeats` batches heartbeats (HeartbeatBatcher);
+    without one (commands, tests), each heartbeat is a batch of one."""
+
+    def __init__(
+        self, store: SessionStore, limits: Limits, heartbeats: HeartbeatBatcher | None = None
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.heartbeats = heartbeats
+
+    @property
+    def policy(self) -> Policy:
+        return self.store.policy
+
+    # --- staff ------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        candidate_id: str,
+        *,
+        duration_minutes: int = DEFAULT_DURATION_MINUTES,
+        sections: list[str] | None = None,
+        create_candidate: bool = False,
+        actor: str,
+    ) -> Started:
+        """Start a candidate's session; repeating it for an active session returns that one."""
+        if sections is not None:
+            if len(sections) > self.limits.max_sections:
+                raise InvalidInput(f"at most {self.limits.max_sections} sections", field="sections")
+            for section in sections:
+                check_name(section, "section")
+        session, created = await self.store.start(
+            candidate_id,
+            duration_minutes=duration_minutes,
+            planned_sections=list(dict.fromkeys(sections)) if sections else None,
+            create_candidate=create_candidate,
+            actor=actor,
+        )
+        return Started(session, created)
+
+    async def extend(
+        self, candidate_id: str, minutes: int, *, actor: str, reason: str | None = None
+    ) -> Session:
+        """Give a running session extra minutes; the deadline moves at once for everybody."""
+        return await self.store.extend(candidate_id, minutes, actor=actor, reason=reason or None)
+
+    async def end_as_staff(
+        self, candidate_id: str, outcome: StaffOutcome, *, actor: str, reason: str | None = None
+    ) -> tuple[Session, bool]:
+        """End a session now: `submit` or `terminate`. On an ended session: its outcome."""
+        return await self.store.complete(
+            candidate_id, STAFF_OUTCOMES[outcome], actor=actor, reason=reason or None
+        )
+
+    async def list_sessions(
+        self,
+        *,
+        status: Status | None = None,
+        limit: int = 50,
+        after: tuple[datetime, str] | None = None,
+    ) -> list[Session]:
+        return await self.store.list_sessions(status=status, limit=limit, after=after)
+
+    async def timeline(self, candidate_id: str) -> list[Event]:
+        return await self.store.events(candidate_id)
+
+    async def find_active(self, limit: int = 1000) -> list[Session]:
+        return await self.store.find_active(limit)
+
+    async def find_abandoned(
+        self, silent_for: timedelta | None = None, limit: int = 1000
+    ) -> list[Session]:
+        return await self.store.find_abandoned(silent_for, limit)
+
+    # --- the candidate's page -----------------------------------------------------------------
+
+    async def read(self, candidate_id: str) -> Session:
+        """The session as it truly is now (a due session is ended first: lazy expiry)."""
+        return await self.store.get(candidate_id)
+
+    async def heartbeat(self, candidate_id: str, *, active: bool = False) -> Clock:
+        """The page is alive; returns the clock once committed. A refusal raises its reason."""
+        if self.heartbeats is not None:
+            return await self.heartbeats.beat(candidate_id, active=active)
+        s = await self.store.heartbeat(candidate_id, active=active)
+        return Clock(s.candidate_id, s.status, s.deadline, s.server_now)
+
+    async def record_activity(self, candidate_id: str) -> Session:
+        return await self.store.record_activity(candidate_id)
+
+    async def save_answers(
+        self, candidate_id: str, answers: dict[str, Any], seq: int
+    ) -> SaveResult:
+        """Merge answers; returns once committed. Per question the highest `seq` wins."""
+        check_answers(answers, self.limits)
+        return await self.store.save_answers(
+            candidate_id, answers, seq, max_total_bytes=self.limits.max_answers_bytes
+        )
+
+    async def complete_section(self, candidate_id: str, section: str) -> Session:
+        check_name(section, "section")
+        return await self.store.complete_section(candidate_id, section)
+
+    async def record_event(self, candidate_id: str, event_type: str) -> None:
+        """A browser-reported event (focus, visibility) in the session's timeline."""
+        await self.store.record_client_event(candidate_id, event_type)
+
+    async def tab_close(self, candidate_id: str) -> Session:
+        return await self.store.tab_close(candidate_id)
+
+    async def complete(self, candidate_id: str) -> tuple[Session, bool]:
+        """The candidate submits. Idempotent: a repeat returns the stored outcome."""
+        return await self.store.complete(candidate_id, Method.MANUAL, actor="candidate")
+
+    # --- background ---------------------------------------------------------------------------
+
+    async def sweep(self, batch_size: int) -> list[Ended]:
+        """End up to `batch_size` due sessions in one transaction (one sweeper batch)."""
+        return await self.store.finalize_due(batch_size)
