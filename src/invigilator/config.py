@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import platformdirs
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from invigilator.domain import Policy, TabClosePolicy
+from invigilator.domain import ConfigurationError, Policy, TabClosePolicy
 from invigilator.validation import Limits
 
 
@@ -117,6 +117,25 @@ class Settings(BaseSettings):
             max_sections=self.max_sections,
             max_json_depth=self.max_json_depth,
         )
+
+    def check(self) -> None:
+        """ConfigurationError, in plain words, for settings that cannot work together. Run when
+        settings load, and again by the app factory (settings may be copied with changes)."""
+        if self.webhook_url and self.webhook_secret is None:
+            raise ConfigurationError(
+                "INVIGILATOR_WEBHOOK_SECRET must be set with INVIGILATOR_WEBHOOK_URL "
+                "(every webhook is signed)"
+            )
+        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
+            raise ConfigurationError("INVIGILATOR_WEBHOOK_URL must be an http:// or https:// URL")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        try:
+            self.check()
+        except ConfigurationError as exc:
+            raise ValueError(exc.message) from None
+        return self
 
     @field_validator("admin_keys", "cors_origins", mode="before")
     @classmethod

@@ -123,6 +123,12 @@ class DatabaseUnavailable(InvigilatorError):
     code = "database_unavailable"
 
 
+class ConfigurationError(InvigilatorError):
+    """The settings cannot work together (said when they load, before anything starts)."""
+
+    code = "configuration_error"
+
+
 class SchemaProblem(InvigilatorError):
     """The database is not in a state the schema can be installed into (prerequisites)."""
 

@@ -86,6 +86,19 @@ async def test_ordinary_heartbeats_are_answered_by_the_fast_path(api: Api) -> No
     assert fast_path.answered == before + 4
 
 
+async def test_a_refused_heartbeat_is_answered_by_the_fast_path_itself(api: Api) -> None:
+    """Once the heartbeat is the session's (a valid token, an ordinary body), its refusal is
+    explained by the service and answered in the same pass: the route never runs it again."""
+    token = (await api.start("carol"))["token"]
+    await api.as_candidate("POST", "carol", "complete", token)
+    before = api.app.heartbeat_fast_path.answered
+    ended = await api.as_candidate("POST", "carol", "heartbeat", token)
+    body = assert_problem(ended, 409, "session_ended")
+    assert body["completion_method"] == "manual"
+    assert api.app.heartbeat_fast_path.answered == before + 1
+    assert ended.headers["x-content-type-options"] == "nosniff" and "x-request-id" in ended.headers
+
+
 async def test_rate_limit_on_the_fast_path_counts_once_and_answers_like_the_middleware(
     api_with: Any,
 ) -> None:

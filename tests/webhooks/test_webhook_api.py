@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from apitools import assert_problem, make_settings
 from invigilator.api.app import create_app
-from invigilator.domain import SchemaProblem
+from invigilator.domain import ConfigurationError
 from webhooktools import SECRET, Receiver, eventually, readme_verify, serving
 
 
@@ -140,5 +140,5 @@ def test_a_webhook_misconfiguration_stops_the_start(
     url: str, secret: SecretStr | None, message: str
 ) -> None:
     settings = make_settings(webhook_url=url, webhook_secret=secret)
-    with pytest.raises(SchemaProblem, match=message):  # before anything connects or starts
+    with pytest.raises(ConfigurationError, match=message):  # before anything connects or starts
         create_app(settings, database_url="postgresql://127.0.0.1:9/none")

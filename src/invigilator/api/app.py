@@ -26,7 +26,7 @@ from invigilator.api.routes import webhooks as webhooks_routes
 from invigilator.api.runtime import Runtime
 from invigilator.config import Settings
 from invigilator.db import connector
-from invigilator.domain import SchemaProblem
+from invigilator.domain import ConfigurationError
 from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.service import Sessions
 from invigilator.store import SessionStore
@@ -42,10 +42,12 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         settings.database_url.get_secret_value() if settings.database_url else None
     )
     if not url:
-        raise SchemaProblem("no database: set DATABASE_URL (invigilator serve starts one for you)")
+        raise ConfigurationError(
+            "no database: set DATABASE_URL (invigilator serve starts one for you)"
+        )
     if settings.secret_key is None or not settings.admin_keys:
-        raise SchemaProblem("INVIGILATOR_SECRET_KEY and INVIGILATOR_ADMIN_KEYS must be set")
-    webhooks.check_settings(settings)  # INVIGILATOR_WEBHOOK_URL needs its secret
+        raise ConfigurationError("INVIGILATOR_SECRET_KEY and INVIGILATOR_ADMIN_KEYS must be set")
+    settings.check()  # e.g. INVIGILATOR_WEBHOOK_URL needs its secret
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -75,7 +75,7 @@ class HeartbeatFastPath:
         self.app = app
         self.limits = limits
         self.cors = cors  # the app's own CORS settings, applied to the fast path's answers
-        self.answered = 0  # heartbeats this path answered itself (tests read it)
+        self.answered = 0  # heartbeats this path answered itself, taken or refused (tests)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send, regular: ASGIApp) -> None:
         match = _PATH.fullmatch(scope["path"])
@@ -129,6 +129,7 @@ class HeartbeatFastPath:
         try:
             clock = await runtime.sessions.heartbeat(candidate_id, active=active)
         except InvigilatorError as exc:  # ended, unknown, or the database unavailable
+            self.answered += 1
             return problems.domain_problem(exc)
         except Exception:
             log.exception("unexpected error on a heartbeat")

@@ -71,43 +71,14 @@ class CandidateTableProblem:
 
 
 def candidate_table_problem(conn: psycopg.Connection[Any]) -> CandidateTableProblem | None:
-    """The setup guide's prerequisite, checked in plain words (None when it holds)."""
-    row = conn.execute(
-        """
-        SELECT to_regclass('candidate') IS NOT NULL,
-               (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-                 WHERE a.attrelid = to_regclass('candidate') AND a.attname = 'candidate_id'
-                   AND NOT a.attisdropped),
-               EXISTS (SELECT FROM pg_index i JOIN pg_attribute a
-                         ON a.attrelid = i.indrelid AND a.attname = 'candidate_id'
-                        WHERE i.indrelid = to_regclass('candidate') AND i.indisunique
-                          AND i.indpred IS NULL AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum)
-        """
-    ).fetchone()
-    assert row is not None
-    exists, key_type, unique = row
-    if not exists:
+    """The setup guide's prerequisite, checked by migration 0001's own statement (None when it
+    holds): its error is the message, its hint the fix."""
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute(sql.candidate_prerequisite_sql())
+    except psycopg.errors.RaiseException as exc:
         return CandidateTableProblem(
-            'relation "candidate" does not exist: test_session references candidate(candidate_id).',
-            "Create the candidate table first. If this database has no host application, "
-            "`invigilator db upgrade --create-candidate-table` creates a minimal one; otherwise "
-            "point DATABASE_URL at the host application's database.",
-        )
-    if key_type is None:
-        return CandidateTableProblem(
-            'column "candidate_id" does not exist in candidate.',
-            "Check the candidate table structure: test_session's foreign key references "
-            "candidate(candidate_id). Rename the key column or add one.",
-        )
-    if not (key_type in ("uuid", "text") or key_type.startswith("character varying")):
-        return CandidateTableProblem(
-            f"candidate.candidate_id has type {key_type}, which test_session cannot reference.",
-            "Use varchar(n), text or uuid for candidate.candidate_id.",
-        )
-    if not unique:
-        return CandidateTableProblem(
-            "candidate.candidate_id is not unique, so no foreign key can reference it.",
-            "Make candidate_id the primary key of candidate, or add a UNIQUE constraint on it.",
+            exc.diag.message_primary or str(exc), exc.diag.message_hint or ""
         )
     return None
 

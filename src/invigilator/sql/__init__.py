@@ -62,5 +62,14 @@ def migrations() -> tuple[Migration, ...]:
     return tuple(found)
 
 
+def candidate_prerequisite_sql() -> str:
+    """The setup guide's prerequisite (a candidate table whose candidate_id test_session can
+    reference) as migration 0001 checks it, in its first statement: `db upgrade`, `db check`
+    and a psql user running the schema file all meet the same check and the same words."""
+    first = migrations()[0].sql
+    start = first.index("DO $$")
+    return first[start : first.index("END $$;", start) + len("END $$;")]
+
+
 def candidate_table_sql() -> str:
     return resources.files(__name__).joinpath("candidate.sql").read_text("utf-8")

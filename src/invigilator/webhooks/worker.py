@@ -35,10 +35,11 @@ from typing import Any
 
 import httpx
 from psycopg_pool import AsyncConnectionPool
+from pydantic import SecretStr
 
 from invigilator import __version__, metrics
 from invigilator.config import Settings
-from invigilator.domain import DatabaseUnavailable, InvigilatorError, Policy, SchemaProblem
+from invigilator.domain import DatabaseUnavailable, InvigilatorError, Policy
 from invigilator.domain import remaining_seconds as remaining
 from invigilator.views import SessionOut, SessionWithAnswers
 from invigilator.webhooks import sign
@@ -80,23 +81,6 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     return float(delay / 2 + _random.uniform(0, delay / 2))
 
 
-def check_endpoint(url: str | None, secret: str | None) -> None:
-    """The environment's endpoint is usable (or absent); SchemaProblem in plain words if not."""
-    if url and not secret:
-        raise SchemaProblem(
-            "INVIGILATOR_WEBHOOK_SECRET must be set with INVIGILATOR_WEBHOOK_URL "
-            "(every webhook is signed)"
-        )
-    if url and not url.startswith(("http://", "https://")):
-        raise SchemaProblem("INVIGILATOR_WEBHOOK_URL must be an http:// or https:// URL")
-
-
-def check_settings(settings: Settings) -> None:
-    """For create_app: refuse a webhook misconfiguration before anything starts."""
-    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
-    check_endpoint(settings.webhook_url, secret)
-
-
 class DeliveryWorker:
     def __init__(
         self,
@@ -115,7 +99,10 @@ class DeliveryWorker:
         concurrency: int = 8,
         retention: timedelta = timedelta(days=30),
     ) -> None:
-        check_endpoint(env_url, env_secret)
+        if env_url:  # the same rules as the settings' (the worker may be made without them)
+            Settings.model_construct(
+                webhook_url=env_url, webhook_secret=SecretStr(env_secret) if env_secret else None
+            ).check()
         self.outbox = WebhookStore(pool)
         self.policy = policy
         self.env_url = env_url

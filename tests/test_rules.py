@@ -1,0 +1,138 @@
+"""The session rules as SQL functions (migration 0003): the names Python knows agree with them,
+they are inlined (no function call per row), and the timeline is written once, by the trigger,
+whoever changes the row."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from dbtools import TEST_POLICY, add_candidate, shift_session
+from invigilator.domain import Method, Status
+from invigilator.store import SessionStore
+from seed_guide import sql_blocks, statements
+
+
+def test_every_method_leads_to_one_status_and_nothing_else_is_a_method(
+    db: psycopg.Connection[Any],
+) -> None:
+    for method in Method:
+        (status,) = db.execute("SELECT test_session_status_of(%s)", (method.value,)).fetchone()
+        assert Status(status) is not Status.ACTIVE, method
+    assert db.execute("SELECT test_session_status_of('abandoned')").fetchone() == (None,)
+    assert db.execute("SELECT test_session_status_of(NULL)").fetchone() == (None,)
+    gave_up = {
+        m
+        for m in Method
+        if db.execute("SELECT test_session_gave_up(%s)", (m.value,)).fetchone() == (True,)
+    }
+    assert gave_up == {Method.HEARTBEAT_TIMEOUT, Method.TAB_CLOSE, Method.ADMIN_TERMINATED}
+
+
+def test_a_status_that_does_not_match_its_method_is_refused(db: psycopg.Connection[Any]) -> None:
+    cid = add_candidate(db)
+    db.execute("INSERT INTO test_session (candidate_id) VALUES (%s)", (cid,))
+    for status, method in (("completed", "heartbeat_timeout"), ("abandoned", "manual")):
+        with pytest.raises(psycopg.errors.CheckViolation) as refused:
+            db.execute(
+                "UPDATE test_session SET status = %s, completion_method = %s, "
+                "completed_at = now() WHERE candidate_id = %s",
+                (status, method, cid),
+            )
+        assert refused.value.diag.constraint_name == "test_session_status_method_check"
+
+
+def test_the_guard_is_inlined_into_the_statement(db: psycopg.Connection[Any]) -> None:
+    """The rules are plain expressions once planned: no SQL function runs per row."""
+    rules = TEST_POLICY.sql_params()
+    plan = "\n".join(
+        row[0]
+        for row in db.execute(
+            "EXPLAIN (VERBOSE) SELECT count(*) FROM test_session t WHERE test_session_open("
+            "t.status, t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, "
+            "%(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s, "
+            "%(tab_close_submits)s, now())",
+            rules,
+        ).fetchall()
+    )
+    assert "test_session_open" not in plan and "test_session_due_at" not in plan, plan
+    assert "last_heartbeat" in plan  # the expression itself is there
+
+
+def _timeline(db: psycopg.Connection[Any], cid: str) -> list[tuple[str, str]]:
+    return [
+        (type_, actor)
+        for type_, actor in db.execute(
+            "SELECT type, actor FROM test_session_event WHERE candidate_id = %s ORDER BY id",
+            (cid,),
+        ).fetchall()
+    ]
+
+
+def test_changes_made_with_the_guides_own_sql_are_in_the_timeline(
+    db: psycopg.Connection[Any],
+) -> None:
+    cid = "candidate-uuid-here"
+    add_candidate(db, cid)
+    insert, heartbeat, sections, complete = sql_blocks("Example Usage")[:4]
+    for block in (insert, heartbeat, sections):
+        for statement in statements(block):
+            db.execute(statement)
+    shift_session(db, cid, last_heartbeat=timedelta(minutes=2))
+    for statement in statements(heartbeat):  # back after a silence: `resumed`
+        db.execute(statement)
+    for statement in statements(complete):
+        db.execute(statement)
+    assert _timeline(db, cid) == [
+        ("started", "sql"),
+        ("section_completed", "sql"),
+        ("section_completed", "sql"),
+        ("resumed", "sql"),
+        ("completed", "sql"),
+    ]
+    details = [
+        d
+        for (d,) in db.execute(
+            "SELECT detail FROM test_session_event WHERE candidate_id = %s ORDER BY id", (cid,)
+        )
+    ]
+    assert [d["section"] for d in details[1:3]] == ["section1", "section2"]
+    assert details[-1]["method"] == "manual"
+
+
+async def test_a_change_made_through_the_service_is_logged_once_with_its_actor(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    cid = add_candidate(db)
+    await store.start(cid, actor="staff:abc")
+    await store.save_answers(cid, {"q1": "x"}, seq=1)
+    await store.complete_section(cid, "intro")
+    await store.extend(cid, 5, actor="staff:abc", reason="noise")
+    await store.tab_close(cid)
+    await store.heartbeat(cid)  # a reload: `resumed` after the tab close
+    await store.complete(cid)
+    assert _timeline(db, cid) == [
+        ("started", "staff:abc"),
+        ("answers_saved", "candidate"),
+        ("section_completed", "candidate"),
+        ("time_extended", "staff:abc"),
+        ("tab_closed", "candidate"),
+        ("resumed", "candidate"),
+        ("completed", "candidate"),
+    ]
+
+
+async def test_lazy_expiry_and_the_sweeper_name_themselves_in_the_timeline(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    lazy, swept = add_candidate(db), add_candidate(db)
+    for cid in (lazy, swept):
+        await store.start(cid)
+        shift_session(db, cid, test_start_time=timedelta(minutes=61), last_heartbeat=timedelta(0))
+    await store.get(lazy)
+    await store.finalize_due(10)
+    assert _timeline(db, lazy)[-1] == ("completed", "system")
+    assert _timeline(db, swept)[-1] == ("completed", "sweeper")
