@@ -542,20 +542,57 @@ ALTER TABLE test_session
         ELSE completed_at IS NOT NULL
              AND coalesce(status = test_session_status_of(completion_method), false) END);
 
+-- The context every rule is given, read once per statement in its FROM list: the clock (the
+-- database's now()) and the timing policy the service runs with. `invigilator_rules(policy)`
+-- for a read, `invigilator_act(actor, policy, reason)` for a change (who acts and why, for the
+-- timeline trigger). `policy` is the JSON of domain.Policy.sql_params().
+DO $$
+BEGIN
+    IF to_regtype('invigilator_rules') IS NULL THEN
+        CREATE TYPE invigilator_rules AS (
+            at timestamptz,
+            abandon_after interval,       -- silence that ends a session with time left
+            deadline_grace interval,      -- after the deadline, before the end is written
+            tab_close_grace interval,     -- after a tab close, before it ends the session
+            tab_close_submits boolean,    -- policy `submit`: a tab close ends it (tab_close)
+            resume_gap interval);         -- a heartbeat after a longer silence logs `resumed`
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION invigilator_rules(policy jsonb) RETURNS invigilator_rules
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT ROW(now(), (policy ->> 'abandon_after')::interval,
+               (policy ->> 'deadline_grace')::interval, (policy ->> 'tab_close_grace')::interval,
+               (policy ->> 'tab_close_submits')::boolean,
+               (policy ->> 'resume_gap')::interval)::invigilator_rules
+$$;
+
+-- The settings are local to the transaction; a change made without them (psql, the guide's own
+-- SQL) is logged with actor `sql`.
+CREATE OR REPLACE FUNCTION invigilator_act(actor text, policy jsonb, reason text DEFAULT NULL)
+RETURNS invigilator_rules
+LANGUAGE sql VOLATILE AS $$
+    SELECT invigilator_rules(policy)
+      FROM (SELECT set_config('invigilator.actor', actor, true),
+                   set_config('invigilator.reason', coalesce(reason, ''), true),
+                   set_config('invigilator.resume_gap', coalesce(policy ->> 'resume_gap', ''),
+                              true)) AS s
+$$;
+
 -- How a running session will end if nothing else happens: whichever comes first of the
 -- tab-close grace running out (when the policy submits on tab close), silence with time left
 -- (a session that never sent a heartbeat counts from its start), and the deadline. A tie with
 -- the deadline is not "time left": the timer wins it; a tab close wins a tie with silence.
 CREATE OR REPLACE FUNCTION test_session_end_method(
     deadline timestamptz, last_heartbeat timestamptz, test_start_time timestamptz,
-    tab_closed_at timestamptz, abandon_after interval, tab_close_submits boolean)
+    tab_closed_at timestamptz, c invigilator_rules)
 RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE
-        WHEN tab_close_submits AND tab_closed_at < deadline
-             AND tab_closed_at <= coalesce(last_heartbeat, test_start_time) + abandon_after
+        WHEN c.tab_close_submits AND tab_closed_at < deadline
+             AND tab_closed_at <= coalesce(last_heartbeat, test_start_time) + c.abandon_after
             THEN 'tab_close'
-        WHEN coalesce(last_heartbeat, test_start_time) + abandon_after < deadline
+        WHEN coalesce(last_heartbeat, test_start_time) + c.abandon_after < deadline
             THEN 'heartbeat_timeout'
         ELSE 'timer_expired'
     END
@@ -564,11 +601,11 @@ $$;
 -- When that end happens: what completed_at records (the earliest of the three moments).
 CREATE OR REPLACE FUNCTION test_session_ends_at(
     deadline timestamptz, last_heartbeat timestamptz, test_start_time timestamptz,
-    tab_closed_at timestamptz, abandon_after interval, tab_close_submits boolean)
+    tab_closed_at timestamptz, c invigilator_rules)
 RETURNS timestamptz
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT least(deadline, coalesce(last_heartbeat, test_start_time) + abandon_after,
-                 CASE WHEN tab_close_submits THEN tab_closed_at END)
+    SELECT least(deadline, coalesce(last_heartbeat, test_start_time) + c.abandon_after,
+                 CASE WHEN c.tab_close_submits THEN tab_closed_at END)
 $$;
 
 -- When the end may be written (the session is "due"): the deadline plus its grace, so a save
@@ -576,49 +613,29 @@ $$;
 -- the session; the silence at once.
 CREATE OR REPLACE FUNCTION test_session_due_at(
     deadline timestamptz, last_heartbeat timestamptz, test_start_time timestamptz,
-    tab_closed_at timestamptz, abandon_after interval, deadline_grace interval,
-    tab_close_grace interval, tab_close_submits boolean)
+    tab_closed_at timestamptz, c invigilator_rules)
 RETURNS timestamptz
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT CASE test_session_end_method(deadline, last_heartbeat, test_start_time, tab_closed_at,
-                                        abandon_after, tab_close_submits)
-        WHEN 'tab_close' THEN tab_closed_at + tab_close_grace
-        WHEN 'heartbeat_timeout' THEN coalesce(last_heartbeat, test_start_time) + abandon_after
-        ELSE deadline + deadline_grace
+    SELECT CASE test_session_end_method(deadline, last_heartbeat, test_start_time, tab_closed_at, c)
+        WHEN 'tab_close' THEN tab_closed_at + c.tab_close_grace
+        WHEN 'heartbeat_timeout' THEN coalesce(last_heartbeat, test_start_time) + c.abandon_after
+        ELSE deadline + c.deadline_grace
     END
 $$;
 
--- "Open": active and not yet due at `at`. Every write to a running session is guarded by it,
--- so a session past its end is ended for every caller even before the sweeper ran.
+-- "Open": active and not yet due at the statement's clock. Every write to a running session is
+-- guarded by it, so a session past its end is ended for every caller even before the sweeper.
 CREATE OR REPLACE FUNCTION test_session_open(
     status text, deadline timestamptz, last_heartbeat timestamptz, test_start_time timestamptz,
-    tab_closed_at timestamptz, abandon_after interval, deadline_grace interval,
-    tab_close_grace interval, tab_close_submits boolean, at timestamptz)
+    tab_closed_at timestamptz, c invigilator_rules)
 RETURNS boolean
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT status = 'active'
-       AND at < test_session_due_at(deadline, last_heartbeat, test_start_time, tab_closed_at,
-                                    abandon_after, deadline_grace, tab_close_grace,
-                                    tab_close_submits)
+       AND c.at < test_session_due_at(deadline, last_heartbeat, test_start_time, tab_closed_at, c)
 $$;
 
 -- The row-typed rule of 0001 gives way to the functions above.
 DROP FUNCTION IF EXISTS test_session_due(test_session, interval, interval, interval, boolean);
-
--- Who acts and why, for the timeline trigger below, and the clock the rules are given: every
--- change the service makes calls it once, in its FROM list (`FROM invigilator_act(…) AS c(at)`).
--- A heartbeat also says after how long a silence its return is worth a `resumed` event (the
--- policy's resume gap). The settings are local to the transaction; a change made without them
--- (psql, the guide's own SQL) is logged with actor `sql`.
-CREATE OR REPLACE FUNCTION invigilator_act(
-    actor text, reason text DEFAULT NULL, resume_gap interval DEFAULT NULL)
-RETURNS timestamptz
-LANGUAGE sql VOLATILE AS $$
-    SELECT now()
-      FROM (SELECT set_config('invigilator.actor', actor, true),
-                   set_config('invigilator.reason', coalesce(reason, ''), true),
-                   set_config('invigilator.resume_gap', coalesce(resume_gap::text, ''), true)) AS s
-$$;
 
 -- A heartbeat after a silence longer than this logs `resumed`: the gap its statement gave
 -- invigilator_act (twice the service's heartbeat interval), else 30 s.
@@ -718,5 +735,5 @@ CREATE OR REPLACE TRIGGER test_session_timeline_presence
           AND ((OLD.tab_closed_at IS NULL) <> (NEW.tab_closed_at IS NULL)
                OR NEW.last_heartbeat - OLD.last_heartbeat > test_session_resume_gap()))
     EXECUTE FUNCTION test_session_timeline('presence');
-INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (3, 'session_rules', '3045953acdd4c0031ba28af7b29444f311909ad43ec14100cb4834b9fd581bda') ON CONFLICT (version) DO NOTHING;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (3, 'session_rules', '394cb16d34734dc7c7b89e791ce315be8a7c5eae3287af27d897efc6ffadaa27') ON CONFLICT (version) DO NOTHING;
 COMMIT;

@@ -9,6 +9,7 @@ ruled there (a test checks the two agree).
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -62,14 +63,17 @@ class Policy:
         return 2 * self.heartbeat_interval
 
     def sql_params(self) -> dict[str, Any]:
-        """The policy as every named query takes it (intervals and a flag)."""
-        return {
+        """The policy as every named query takes it: `%(policy)s`, JSON that the SQL function
+        invigilator_rules reads once per statement (migration 0003)."""
+        seconds = {
             "abandon_after": self.abandon_after,
             "deadline_grace": self.deadline_grace,
             "tab_close_grace": self.tab_close_grace,
-            "tab_close_submits": self.tab_close_policy is TabClosePolicy.SUBMIT,
             "resume_gap": self.resume_gap,
         }
+        policy: dict[str, Any] = {k: f"{v.total_seconds()} seconds" for k, v in seconds.items()}
+        policy["tab_close_submits"] = self.tab_close_policy is TabClosePolicy.SUBMIT
+        return {"policy": json.dumps(policy)}
 
 
 def remaining_seconds(deadline: datetime, now: datetime) -> int:

@@ -251,7 +251,6 @@ class SessionStore:
                 **self._rules,
                 "candidate_ids": [key for key, _ in keyed],
                 "active": [is_active for _, is_active in keyed],
-                "resume_gap": self.policy.resume_gap,
             },
         )
         clocks = {}

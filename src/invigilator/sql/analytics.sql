@@ -35,17 +35,14 @@ WITH stored AS (
            coalesce(test_session_status_of(due.method), 'active'),
            due.method, due.ends_at, due.method IS NOT NULL, t.last_heartbeat
       FROM test_session t
+      CROSS JOIN invigilator_rules(%(policy)s::jsonb) AS c
       LEFT JOIN LATERAL (
           SELECT test_session_end_method(t.deadline, t.last_heartbeat, t.test_start_time,
-                                         t.tab_closed_at, %(abandon_after)s::interval,
-                                         %(tab_close_submits)s::boolean) AS method,
+                                         t.tab_closed_at, c) AS method,
                  test_session_ends_at(t.deadline, t.last_heartbeat, t.test_start_time,
-                                      t.tab_closed_at, %(abandon_after)s::interval,
-                                      %(tab_close_submits)s::boolean) AS ends_at
+                                      t.tab_closed_at, c) AS ends_at
            WHERE NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                                       t.tab_closed_at, %(abandon_after)s::interval,
-                                       %(deadline_grace)s::interval, %(tab_close_grace)s::interval,
-                                       %(tab_close_submits)s::boolean, now())
+                                       t.tab_closed_at, c)
       ) due ON true
      WHERE t.test_start_time >= %(since)s::timestamptz
        AND t.test_start_time < %(until)s::timestamptz
@@ -195,17 +192,17 @@ SELECT json_build_object(
     'overdue_unswept', t.overdue,
     'completion_rate', round(t.completed::numeric / nullif(t.ended, 0), 4),
     'by_method', json_build_object(
-        'manual', json_build_object('status', 'completed', 'count', t.manual,
+        'manual', json_build_object('status', test_session_status_of('manual'), 'count', t.manual,
                                     'rate', round(t.manual::numeric / nullif(t.ended, 0), 4)),
-        'timer_expired', json_build_object('status', 'completed', 'count', t.timer_expired,
+        'timer_expired', json_build_object('status', test_session_status_of('timer_expired'), 'count', t.timer_expired,
                                     'rate', round(t.timer_expired::numeric / nullif(t.ended, 0), 4)),
-        'tab_close', json_build_object('status', 'completed', 'count', t.tab_close,
+        'tab_close', json_build_object('status', test_session_status_of('tab_close'), 'count', t.tab_close,
                                     'rate', round(t.tab_close::numeric / nullif(t.ended, 0), 4)),
-        'admin', json_build_object('status', 'completed', 'count', t.admin,
+        'admin', json_build_object('status', test_session_status_of('admin'), 'count', t.admin,
                                     'rate', round(t.admin::numeric / nullif(t.ended, 0), 4)),
-        'heartbeat_timeout', json_build_object('status', 'abandoned', 'count', t.heartbeat_timeout,
+        'heartbeat_timeout', json_build_object('status', test_session_status_of('heartbeat_timeout'), 'count', t.heartbeat_timeout,
                                     'rate', round(t.heartbeat_timeout::numeric / nullif(t.ended, 0), 4)),
-        'admin_terminated', json_build_object('status', 'abandoned', 'count', t.admin_terminated,
+        'admin_terminated', json_build_object('status', test_session_status_of('admin_terminated'), 'count', t.admin_terminated,
                                     'rate', round(t.admin_terminated::numeric / nullif(t.ended, 0), 4))),
     'duration_seconds', json_build_object(
         'count', t.duration_n,
@@ -247,15 +244,13 @@ WITH live AS MATERIALIZED (
            now() - coalesce(t.last_heartbeat, t.test_start_time) > %(silent_after)s::interval AS silent,
            jsonb_array_length(t.sections_completed) AS sections_completed,
            t.tab_closed_at IS NOT NULL AS tab_closed
-      FROM test_session t
+      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
      WHERE t.status = 'active'
        -- implied by the next line (due_at <= deadline + grace); lets idx_test_session_active
        -- skip overdue rows the sweeper has not reached yet
-       AND t.deadline > now() - %(deadline_grace)s::interval
+       AND t.deadline > c.at - c.deadline_grace
        AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                             t.tab_closed_at, %(abandon_after)s::interval,
-                             %(deadline_grace)s::interval, %(tab_close_grace)s::interval,
-                             %(tab_close_submits)s::boolean, now())
+                             t.tab_closed_at, c)
 )
 SELECT json_build_object(
     'server_now', now(),

@@ -1,16 +1,17 @@
 -- The named queries of the session store. Each block: a `-- name --` header, a one-line
--- description, then one statement. The rules are SQL functions (migration 0003): every write
--- to a running session is guarded by test_session_open(...), and every change names who acts
--- through invigilator_act(actor, reason), which also gives the statement its clock (`c.at`,
--- the database's now()). The timeline is written by the trigger test_session_timeline, never
--- here. A guarded write that matches no row is explained by the store: `finalize` (lazy
--- expiry) then `get_session`.
+-- description, then one statement. The rules are SQL functions (migration 0003), given the
+-- statement's context `c`: its clock (`c.at`, the database's now()) and the policy, read once
+-- in the FROM list, by invigilator_act(actor, policy, reason) for a change (which also names
+-- who acts, for the timeline) or invigilator_rules(policy) for a read. Every write to a running
+-- session is guarded by test_session_open(..., c). The timeline is written by the trigger
+-- test_session_timeline, never here. A guarded write that matches no row is explained by the
+-- store: `finalize` (lazy expiry) then `get_session`.
 
 -- start_session --
 -- Create an active session; returns nothing when the candidate already has one.
 INSERT INTO test_session (candidate_id, test_start_time, test_duration_minutes, planned_sections)
 SELECT %(candidate_id)s, c.at, %(duration_minutes)s, %(planned_sections)s
-  FROM invigilator_act(%(actor)s) AS c (at)
+  FROM invigilator_act(%(actor)s, %(policy)s::jsonb) AS c
     ON CONFLICT (candidate_id) DO NOTHING
 RETURNING *, now() AS server_now;
 
@@ -32,22 +33,20 @@ UPDATE test_session t
        last_activity = CASE WHEN b.active THEN c.at ELSE t.last_activity END,
        tab_closed_at = NULL
   FROM unnest(%(candidate_ids)s, %(active)s::boolean[]) AS b (candidate_id, active),
-       invigilator_act('candidate', NULL, %(resume_gap)s) AS c (at)
+       invigilator_act('candidate', %(policy)s::jsonb) AS c
  WHERE t.candidate_id = b.candidate_id
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                         t.tab_closed_at, c)
 RETURNING t.candidate_id, t.status, t.deadline, c.at AS server_now;
 
 -- record_activity --
 -- The candidate typed, clicked or scrolled.
 UPDATE test_session t
    SET last_activity = c.at
-  FROM invigilator_act('candidate') AS c (at)
+  FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                         t.tab_closed_at, c)
 RETURNING t.*, c.at AS server_now;
 
 -- complete_section --
@@ -56,13 +55,12 @@ RETURNING t.*, c.at AS server_now;
 UPDATE test_session t
    SET sections_completed = t.sections_completed || jsonb_build_array(%(section)s::text),
        last_activity = c.at
-  FROM invigilator_act('candidate') AS c (at)
+  FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND NOT t.sections_completed @> jsonb_build_array(%(section)s::text)
    AND (t.planned_sections IS NULL OR t.planned_sections @> jsonb_build_array(%(section)s::text))
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                         t.tab_closed_at, c)
 RETURNING t.*, c.at AS server_now;
 
 -- save_answers --
@@ -79,22 +77,20 @@ UPDATE test_session t
              FROM jsonb_each(%(answers)s::jsonb) a
             WHERE coalesce((t.answer_seq ->> a.key)::bigint, -1) <= %(seq)s::bigint),
        last_activity = c.at
-  FROM invigilator_act('candidate') AS c (at)
+  FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                         t.tab_closed_at, c)
 RETURNING t.*, octet_length(t.pending_answers::text) AS answers_bytes, c.at AS server_now;
 
 -- record_tab_close --
 -- The tab is closing (a beacon): start the tab-close grace.
 UPDATE test_session t
    SET tab_closed_at = c.at
-  FROM invigilator_act('candidate') AS c (at)
+  FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                         t.tab_closed_at, c)
 RETURNING t.*, c.at AS server_now;
 
 -- record_client_event --
@@ -102,22 +98,20 @@ RETURNING t.*, c.at AS server_now;
 -- one kind of event that is not a change of the row, so it is written here.
 INSERT INTO test_session_event (candidate_id, type, actor, detail)
 SELECT t.candidate_id, %(type)s, 'candidate', %(detail)s::jsonb
-  FROM test_session t, now() AS c (at)
+  FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                         t.tab_closed_at, c)
 RETURNING candidate_id, now() AS server_now;
 
 -- extend_time --
 -- Give an open session extra minutes; the stored deadline moves with them (trigger).
 UPDATE test_session t
    SET extra_minutes = t.extra_minutes + %(minutes)s::integer
-  FROM invigilator_act(%(actor)s, %(reason)s) AS c (at)
+  FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                         t.tab_closed_at, c)
 RETURNING t.*, c.at AS server_now;
 
 -- complete --
@@ -128,25 +122,21 @@ UPDATE test_session t
        completion_method = %(method)s,
        completed_at = c.at,
        tab_closed_at = NULL
-  FROM invigilator_act(%(actor)s, %(reason)s) AS c (at)
+  FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                         t.tab_closed_at, c)
 RETURNING t.*, c.at AS server_now;
 
 -- find_due --
 -- The sweeper's pick: up to `limit` active sessions that are due, earliest first, locked and
 -- skipping rows another sweeper holds (they are that sweeper's batch).
 SELECT t.candidate_id
-  FROM test_session t
+  FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
  WHERE t.status = 'active'
    AND NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                             t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                             %(tab_close_grace)s, %(tab_close_submits)s, now())
- ORDER BY test_session_due_at(t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at,
-                              %(abandon_after)s, %(deadline_grace)s, %(tab_close_grace)s,
-                              %(tab_close_submits)s)
+                             t.tab_closed_at, c)
+ ORDER BY test_session_due_at(t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, c)
  LIMIT %(limit)s
    FOR UPDATE OF t SKIP LOCKED;
 
@@ -156,22 +146,19 @@ SELECT t.candidate_id
 -- when locked, so a heartbeat that committed first keeps its session, and a session another
 -- caller ended is left alone: each session ends exactly once.
 UPDATE test_session t
-   SET status = test_session_status_of(test_session_end_method(
-           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, %(abandon_after)s,
-           %(tab_close_submits)s)),
+   SET status = test_session_status_of(
+           test_session_end_method(t.deadline, t.last_heartbeat, t.test_start_time,
+                                   t.tab_closed_at, c)),
        completion_method = test_session_end_method(
-           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, %(abandon_after)s,
-           %(tab_close_submits)s),
+           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, c),
        completed_at = test_session_ends_at(
-           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, %(abandon_after)s,
-           %(tab_close_submits)s),
+           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, c),
        tab_closed_at = NULL
-  FROM invigilator_act(%(actor)s) AS c (at)
+  FROM invigilator_act(%(actor)s, %(policy)s::jsonb) AS c
  WHERE t.candidate_id = ANY (%(candidate_ids)s)
    AND t.status = 'active'
    AND NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                             t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                             %(tab_close_grace)s, %(tab_close_submits)s, c.at)
+                             t.tab_closed_at, c)
 RETURNING t.candidate_id, t.status, t.completion_method, t.completed_at;
 
 -- find_active --

@@ -89,6 +89,7 @@ SELECT md5(t.candidate_id::text || '/' || extract(epoch FROM s.since)::text)::uu
        webhook_session_snapshot(t, w.include_answers), s.since
   FROM test_session t
  CROSS JOIN LATERAL (SELECT coalesce(t.last_heartbeat, t.test_start_time) AS since) s
+ CROSS JOIN invigilator_rules(%(policy)s::jsonb) AS c
   JOIN webhook_endpoint w
     ON w.active AND (w.event_types IS NULL OR 'session.silent' = ANY (w.event_types))
  WHERE EXISTS (SELECT FROM webhook_endpoint x
@@ -98,8 +99,7 @@ SELECT md5(t.candidate_id::text || '/' || extract(epoch FROM s.since)::text)::uu
    AND t.deadline > now()
    AND s.since < now() - %(silent_after)s::interval
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, %(abandon_after)s, %(deadline_grace)s,
-                         %(tab_close_grace)s, %(tab_close_submits)s, now())
+                         t.tab_closed_at, c)
 ON CONFLICT DO NOTHING
 RETURNING candidate_id;
 
