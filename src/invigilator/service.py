@@ -61,10 +61,10 @@ class Sessions:
         self,
         candidate_id: str,
         *,
+        actor: str,
         duration_minutes: int = DEFAULT_DURATION_MINUTES,
         sections: list[str] | None = None,
         create_candidate: bool = False,
-        actor: str,
     ) -> Started:
         """Start a candidate's session; repeating it for an active session returns that one."""
         if sections is not None:
