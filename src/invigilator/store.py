@@ -21,6 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from invigilator import sql
 from invigilator.db.connector import Cursor, Row, autocommit, transaction, translate_errors
+from invigilator.db.rows import ended_error, to_ended, to_event, to_session
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
     Clock,
@@ -34,66 +35,11 @@ from invigilator.domain import (
     SaveResult,
     Session,
     SessionAlreadyEnded,
-    SessionEnded,
     SessionNotFound,
     Status,
 )
 
 Q = sql.queries()
-
-
-def to_session(row: Row) -> Session:
-    method = row["completion_method"]
-    return Session(
-        candidate_id=str(row["candidate_id"]),
-        status=Status(row["status"]),
-        completion_method=Method(method) if method else None,
-        test_start_time=row["test_start_time"],
-        test_duration_minutes=row["test_duration_minutes"],
-        extra_minutes=row["extra_minutes"],
-        deadline=row["deadline"],
-        last_heartbeat=row["last_heartbeat"],
-        last_activity=row["last_activity"],
-        completed_at=row["completed_at"],
-        tab_closed_at=row["tab_closed_at"],
-        sections_completed=list(row["sections_completed"]),
-        planned_sections=row["planned_sections"],
-        pending_answers=dict(row["pending_answers"]),
-        answer_seq={k: int(v) for k, v in row["answer_seq"].items()},
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        server_now=row["server_now"],
-    )
-
-
-def _ended(row: Row) -> Ended:
-    return Ended(
-        candidate_id=str(row["candidate_id"]),
-        status=Status(row["status"]),
-        completion_method=Method(row["completion_method"]),
-        completed_at=row["completed_at"],
-    )
-
-
-def _event(row: Row) -> Event:
-    return Event(
-        id=row["id"],
-        candidate_id=str(row["candidate_id"]),
-        type=row["type"],
-        at=row["at"],
-        actor=row["actor"],
-        detail=row["detail"],
-    )
-
-
-def ended_error(session: Session) -> SessionEnded:
-    """Why a write to this ended session was refused, with its outcome."""
-    return SessionEnded(
-        "this test session has ended",
-        session_status=session.status.value,
-        completion_method=session.completion_method.value if session.completion_method else None,
-        completed_at=session.completed_at.isoformat() if session.completed_at else None,
-    )
 
 
 class SessionStore:
@@ -123,7 +69,7 @@ class SessionStore:
         await cur.execute(
             Q["finalize"], {**self._rules, "candidate_ids": candidate_ids, "actor": actor}
         )
-        return [_ended(row) for row in await cur.fetchall()]
+        return [to_ended(row) for row in await cur.fetchall()]
 
     async def _settle(self, cur: Cursor, candidate_id: str) -> Session:
         """Finalize the session if it is due, then return it as stored (lazy expiry)."""
@@ -428,7 +374,7 @@ class SessionStore:
             rows = await cur.fetchall()
             if not rows:
                 await self._settle(cur, candidate_id)  # raises SessionNotFound if none
-        return [_event(r) for r in rows]
+        return [to_event(r) for r in rows]
 
 
 def _as_uuid(value: str) -> uuid.UUID | None:
