@@ -124,10 +124,12 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
     # Our JSON/text logs for everything, uvicorn's included; our access line replaces uvicorn's.
     quiet: dict[str, Any] = {"log_level": "warning", "log_config": None, "access_log": False}
     if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
         tcp_nodelay_under_workers()
         _export(settings, url)
         metrics.prepare_multiprocess(workers)  # every worker's counters in every scrape
-        uvicorn.run(
+        config = uvicorn.Config(
             "invigilator.api.app:app_factory",
             factory=True,
             host=host,
@@ -135,6 +137,12 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
             workers=workers,
             **quiet,
         )
+        # What uvicorn.run does with workers, keeping the supervisor: uvicorn.run exits 0 when
+        # a worker failed to start (it stops the others and returns).
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+            raise CommandFailed("the service did not start: the error is logged above")
         return
     config = uvicorn.Config(create_app(settings, database_url=url), host=host, port=port, **quiet)
     server = _server(config)
