@@ -60,6 +60,22 @@ def listening() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedded database for these tests, made (initdb, migrations) once: a fresh one per
+    test costs an initdb each, and a loaded machine can make a start miss pgserver's bound."""
+    made = tmp_path_factory.mktemp("serve") / "data"
+    subprocess.run(
+        [sys.executable, "-m", "invigilator", "db", "upgrade"],
+        env=_env(made),
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    _stopped_database(made)
+    return made
+
+
 def _embedded_servers(data_dir: Path) -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["name", "cmdline"]):
@@ -94,8 +110,7 @@ def _stopped_database(data_dir: Path) -> None:
     wait_until(lambda: not _embedded_servers(data_dir), "the embedded PostgreSQL to stop", 10)
 
 
-def test_sigterm_stops_serve_and_its_embedded_database(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_sigterm_stops_serve_and_its_embedded_database(data_dir: Path) -> None:
     port = _free_port()
     proc = _serve(data_dir, port)
     try:
@@ -143,10 +158,9 @@ def test_serve_refuses_a_busy_port_in_one_line_before_anything_else(
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_a_part_that_fails_to_start_is_logged_and_serve_exits_non_zero(
-    tmp_path: Path, listening: int, workers: int
+    data_dir: Path, listening: int, workers: int
 ) -> None:
     """A real failure inside the app's start-up: the metrics listener's own port is taken."""
-    data_dir = tmp_path / "data"
     proc = _serve(
         data_dir, _free_port(), "--workers", str(workers), INVIGILATOR_METRICS_PORT=str(listening)
     )
@@ -165,9 +179,8 @@ def test_a_part_that_fails_to_start_is_logged_and_serve_exits_non_zero(
     _stopped_database(data_dir)
 
 
-def test_serve_does_not_hang_when_the_webhook_worker_raises_at_start(tmp_path: Path) -> None:
+def test_serve_does_not_hang_when_the_webhook_worker_raises_at_start(data_dir: Path) -> None:
     """The sweeper is running by then; it must be stopped before the start-up can fail."""
-    data_dir = tmp_path / "data"
     proc = _serve(data_dir, _free_port(), patch=RAISES)
     try:
         _, err = proc.communicate(timeout=60)
@@ -182,8 +195,7 @@ def test_serve_does_not_hang_when_the_webhook_worker_raises_at_start(tmp_path: P
     _stopped_database(data_dir)
 
 
-def test_sigterm_stops_serve_while_a_part_is_still_starting(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def test_sigterm_stops_serve_while_a_part_is_still_starting(data_dir: Path) -> None:
     proc = _serve(data_dir, _free_port(), patch=NEVER_RETURNS)
     try:
         assert proc.stderr is not None
