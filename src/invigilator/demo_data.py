@@ -102,6 +102,7 @@ def load_demo_data(
     other role loads through them as usual.
     """
     totals = DemoTotals()
+    policy = policy or Settings().policy()
     active: list[str] = []
     with psycopg.connect(url) as conn:
         row = conn.execute("SELECT now()").fetchone()
@@ -114,12 +115,7 @@ def load_demo_data(
             pass
         with conn.cursor() as cur:
             for batch in generate_demo(
-                candidates,
-                seed=seed,
-                days=days,
-                now=now,
-                policy=policy or Settings().policy(),
-                chunk=chunk,
+                candidates, seed=seed, days=days, now=now, policy=policy, chunk=chunk
             ):
                 with cur.copy("COPY candidate (candidate_id) FROM STDIN") as copy:
                     for crow in batch.candidates:
