@@ -146,6 +146,8 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
         return
     config = uvicorn.Config(create_app(settings, database_url=url), host=host, port=port, **quiet)
     server = _server(config)
+    failure = _StartFailure()
+    logging.getLogger("uvicorn.error").addHandler(failure)
     try:
         server.run()
     except KeyboardInterrupt:  # SIGINT: uvicorn has shut down, then raised it again
@@ -153,8 +155,27 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
     except SystemExit as exc:
         if exc.code != STARTUP_FAILURE or server.started:
             raise
-        # uvicorn has logged why (the app's lifespan, or the socket); say what it means.
-        raise CommandFailed("the service did not start: the error is logged above") from None
+        raise CommandFailed(
+            f"the service did not start: {failure.reason or 'the error is logged above'}"
+        ) from None
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(failure)
+
+
+class _StartFailure(logging.Handler):
+    """Why uvicorn gave up starting, in one line: the exception that ended the app's start-up
+    (the last line of the traceback uvicorn logs), or the socket's error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.reason: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip()
+        if text.startswith("Traceback"):
+            self.reason = text.splitlines()[-1]
+        elif text and not text.startswith(("Application startup failed", "Exception in")):
+            self.reason = self.reason or text.splitlines()[0]
 
 
 def tcp_nodelay_under_workers() -> None:
