@@ -1,21 +1,22 @@
-"""`invigilator sweep` and `invigilator session show`, run as a user runs them: a subprocess of
-`python -m invigilator` against the test database."""
+"""`invigilator sweep`, run as a user runs it: a subprocess of `python -m invigilator` against
+the test database."""
 
 from __future__ import annotations
 
-import json
+import re
 import signal
-from datetime import datetime, timedelta
+import subprocess
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from dbtools import add_candidate, shift_session
-from invigilator.store import SessionStore
 from sweeptools import (
     Lines,
     add_sessions,
+    cli_args,
+    cli_env,
     inconsistencies,
     run_cli,
     start_cli,
@@ -119,85 +120,24 @@ def test_the_looping_sweeper_stops_promptly_and_cleanly_on_a_signal(
     }
 
 
-async def _a_session_with_a_history(store: SessionStore, db: psycopg.Connection[Any]) -> str:
-    cid = add_candidate(db, "cand-[bold]7")  # markup-like text is shown as it is
-    await store.start(cid, duration_minutes=45, planned_sections=["reading", "maths"])
-    await store.heartbeat(cid)
-    await store.save_answers(cid, {"q1": "SECRET-ANSWER-ONE", "q2": {"x": "SECRET-TWO"}}, seq=1)
-    await store.complete_section(cid, "reading")
-    await store.extend(cid, 10, actor="staff:ops", reason="fire alarm")
-    # An adopted row keeps the original, answers and all: they must not be shown either.
-    db.execute(
-        "INSERT INTO test_session_event (candidate_id, type, actor, detail) "
-        "VALUES (%s, 'adopted', 'migration', %s)",
-        (cid, json.dumps({"original": {"pending_answers": {"q0": "SECRET-OLD"}}})),
+def test_sweep_logs_in_the_format_and_at_the_level_the_settings_say(
+    db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    (late,) = add_sessions(db, "late-", 1, started_ago=minutes(61), heartbeat_ago=minutes(1))
+    env = {**cli_env(), "INVIGILATOR_LOG_FORMAT": "text", "INVIGILATOR_LOG_LEVEL": "DEBUG"}
+    proc = subprocess.Popen(
+        cli_args(db_url, "sweep", "--interval", "3600"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
-    return cid
-
-
-async def test_session_show_prints_the_session_and_its_timeline_without_answers(
-    db_url: str, store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = await _a_session_with_a_history(store, db)
-
-    result = run_cli(db_url, "session", "show", cid)
-
-    assert result.returncode == 0, result.stderr
-    text = result.stdout
-    assert "SECRET" not in text
-    assert f"test session {cid}" in text and f"timeline {cid}" in text
-    for expected in (
-        "active",
-        "45 min (+10 extended)",
-        "reading (planned: reading, maths)",
-        "2: q1, q2",  # the questions answered, never the answers
-        "started",
-        "answers_saved",
-        "section_completed",
-        "time_extended",
-        "fire alarm",
-        "staff:ops",
-        "adopted",
-        '"answer_keys": ["q0"]',
-    ):
-        assert expected in text, expected
-
-
-async def test_session_show_json_sees_a_due_session_as_ended(
-    db_url: str, store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = await _a_session_with_a_history(store, db)
-    shift_session(db, cid, test_start_time=minutes(56), last_heartbeat=minutes(1))  # 45 + 10
-
-    result = run_cli(db_url, "session", "show", cid, "--json")
-
-    assert result.returncode == 0, result.stderr
-    assert "SECRET" not in result.stdout
-    shown = json.loads(result.stdout)
-    session = await store.get(cid)
-    assert shown["status"] == "completed" and shown["completion_method"] == "timer_expired"
-    assert datetime.fromisoformat(shown["completed_at"]) == session.deadline
-    assert shown["remaining_seconds"] == 0
-    assert shown["answer_keys"] == ["q1", "q2"] and "pending_answers" not in shown
-    assert shown["sections_completed"] == ["reading"]
-    assert shown["planned_sections"] == ["reading", "maths"]
-    assert (shown["test_duration_minutes"], shown["extra_minutes"]) == (45, 10)
-    types = [e["type"] for e in shown["events"]]
-    assert types == [
-        "started",
-        "answers_saved",
-        "section_completed",
-        "time_extended",
-        "adopted",
-        "completed",
-    ]
-    assert shown["events"][1]["detail"] == {"questions": ["q1", "q2"], "seq": 1}
-    assert shown["events"][4]["detail"] == {"original": {"answer_keys": ["q0"]}}
-    assert shown["events"][-1]["detail"]["method"] == "timer_expired"
-
-
-def test_session_show_for_an_unknown_candidate_exits_1(db_url: str) -> None:
-    result = run_cli(db_url, "session", "show", "nobody", "--json")
-    assert result.returncode == 1
-    assert result.stdout == ""  # nothing a script could mistake for a session
-    assert "error: no test session for candidate 'nobody'" in result.stderr
+    try:
+        stderr = Lines(proc.stderr)
+        line = stderr.wait_for(f"finalized {late}: completed/timer_expired")  # a DEBUG line
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, stderr.text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} DEBUG invigilator\.sweeper: ", line)

@@ -175,7 +175,8 @@ AFTER_THE_END = [
     ("pass", 3600),
     ("finalize",),
 ]
-#: Every ending of DESIGN.md's table, reached in every run, then hammered.
+#: Every ending of the status/method table (docs/architecture.md), reached in every run, then
+#: hammered.
 ENDINGS = {
     "manual": (60, [("save", {"q1": 1}, 1), ("complete",)]),
     "admin": (60, [("end", Method.ADMIN)]),

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from apitools import SECRET, STAFF_KEY, Api, assert_problem, make_settings
-from invigilator.api.observability import configure_logging, redact
+from invigilator.logs import configure_logging, redact
 from webhooktools import serving
 
 HEARTBEAT_ROUTE = "/api/v1/sessions/{candidate_id}/heartbeat"
@@ -208,3 +208,24 @@ async def test_accepted_heartbeats_are_logged_only_at_debug(db_url: str) -> None
     labels = {"method": "POST", "route": HEARTBEAT_ROUTE, "status": "200"}
     name = "invigilator_http_requests_total"
     assert value(after, name, **labels) - value(before, name, **labels) == 3
+
+
+async def test_the_api_docs_are_labelled_with_their_own_routes(
+    db_url: str, log_output: io.StringIO
+) -> None:
+    """FastAPI serves these through plain Starlette routes; they are not `<unmatched>`."""
+    docs = ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")
+    async with serving(db_url) as api:
+        for path in docs:
+            assert (await api.client.get(path)).status_code == 200, path
+        assert (await api.client.get("/no-such-page")).status_code == 404
+        after = await scrape(api)
+    for path in docs:
+        assert value(
+            after, "invigilator_http_requests_total", method="GET", route=path, status="200"
+        )
+    unmatched = {"method": "GET", "route": "<unmatched>", "status": "404"}
+    assert value(after, "invigilator_http_requests_total", **unmatched) >= 1
+    lines = [json.loads(line) for line in log_output.getvalue().splitlines()]
+    routes = [line["route"] for line in lines if line["logger"] == "invigilator.access"]
+    assert routes[:5] == [*docs, "<unmatched>"]

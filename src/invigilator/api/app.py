@@ -15,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 from invigilator import __version__
-from invigilator.api import observability, problems
+from invigilator.api import metrics_endpoint, observability, problems
 from invigilator.api.fastpath import HeartbeatFastPath, InvigilatorAPI
 from invigilator.api.headers import SecurityHeaders
 from invigilator.api.limits import BodySizeLimit
@@ -28,6 +28,7 @@ from invigilator.config import Settings
 from invigilator.db import connector
 from invigilator.domain import ConfigurationError
 from invigilator.heartbeats import HeartbeatBatcher
+from invigilator.logs import configure_logging
 from invigilator.service import Sessions
 from invigilator.store import SessionStore
 from invigilator.webhooks import worker as webhooks
@@ -80,13 +81,12 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
                     batch_size=settings.sweep_batch_size,
                 )
                 running.push_async_callback(
-                    _finish, asyncio.create_task(sweeper.run(stop), name="sweeper")
+                    _finish, asyncio.create_task(sweeper.run(stop), name="sweeper"), stop
                 )
             # Webhook deliveries (invigilator.webhooks); None when the worker is disabled.
             webhook_task = await webhooks.start(settings, pool, stop)
             if webhook_task is not None:  # stops between deliveries: POSTs in flight finish
-                running.push_async_callback(_finish, webhook_task)
-            running.callback(stop.set)  # runs first: background tasks stop between batches
+                running.push_async_callback(_finish, webhook_task, stop)
             yield
 
     app = InvigilatorAPI(
@@ -139,12 +139,16 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     if cors:
         app.add_middleware(CORSMiddleware, **cors)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
-    # Outermost: request ids, access log, metrics, and GET /metrics (api/observability.py).
-    observability.install(app, settings)
+    # Outermost: request ids, access log, metrics (api/observability.py); then GET /metrics.
+    sampler = observability.install(app)
+    metrics_endpoint.install(app, settings, sampler)
     return app
 
 
-async def _finish(task: asyncio.Task[None]) -> None:
+async def _finish(task: asyncio.Task[None], stop: asyncio.Event) -> None:
+    # Told to stop before it is awaited, also when a part started after it failed to start
+    # (awaiting a task nobody told to stop would hang the app's start-up forever).
+    stop.set()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 
@@ -152,5 +156,5 @@ async def _finish(task: asyncio.Task[None]) -> None:
 def app_factory() -> FastAPI:
     """For `uvicorn --factory invigilator.api.app:app_factory` (settings from the environment)."""
     settings = Settings()
-    observability.configure_logging(settings)  # each worker process logs like `serve` does
+    configure_logging(settings)  # each worker process logs like `serve` does
     return create_app(settings)

@@ -38,6 +38,7 @@ from invigilator.api.headers import RAW_SECURITY_HEADERS
 from invigilator.api.paths import HEARTBEAT_PATH
 from invigilator.api.ratelimit import RateLimits
 from invigilator.domain import MAX_CANDIDATE_ID_LENGTH, InvigilatorError
+from invigilator.logs import REQUEST_ID
 from invigilator.validation import PRINTABLE
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class HeartbeatFastPath:
         started = time.perf_counter()
         request_id = observability.request_id_from(scope["headers"])
         scope[observability.REQUEST_ID_SCOPE] = request_id  # kept if handed over below
-        token_var = observability.REQUEST_ID.set(request_id)
+        token_var = REQUEST_ID.set(request_id)
         scope["route"] = _ROUTE
         metrics.HTTP_IN_PROGRESS.inc()
         answer = await self._answer(scope, runtime, candidate_id, active)
@@ -119,7 +120,7 @@ class HeartbeatFastPath:
             sampler = getattr(self.app.state, "pool_sampler", None)
             if sampler is not None:
                 sampler()
-            observability.REQUEST_ID.reset(token_var)
+            REQUEST_ID.reset(token_var)
 
     async def _answer(self, scope: Scope, runtime: Any, candidate_id: str, active: bool) -> Any:
         """The response for an ordinary heartbeat: taken, refused, or failed."""

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from invigilator.cli import db, demo, report, serve, sweep  # noqa: F401  (registers commands)
+from invigilator.cli import (  # noqa: F401  (registers commands)
+    db,
+    demo,
+    demo_data,
+    report,
+    serve,
+    session,
+    sweep,
+)
 from invigilator.cli.app import app
 
 

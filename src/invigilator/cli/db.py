@@ -8,44 +8,35 @@ import psycopg
 import typer
 from rich.table import Table
 
-from invigilator.cli.app import app, database, fail, out
+from invigilator.cli.app import HELP_LAYOUT, CommandFailed, app, database, out
 from invigilator.cli.options import CreateCandidate, DatabaseUrl
 from invigilator.db import check as db_check
 from invigilator.db import migrate, verify
-from invigilator.domain import InvigilatorError
 
-db_app = typer.Typer(help="Create, upgrade, verify and check the database.", no_args_is_help=True)
+db_app = typer.Typer(help="Create, upgrade, verify and check the database.", **HELP_LAYOUT)
 app.add_typer(db_app, name="db")
 
 
-@db_app.command("upgrade")
+@db_app.command("upgrade", short_help="Apply pending schema migrations (idempotent).")
 def db_upgrade(
     database_url: DatabaseUrl = None, create_candidate_table: CreateCandidate = False
 ) -> None:
     """Apply pending schema migrations (idempotent; safe from many processes at once)."""
     db = database(database_url)
-    try:
-        applied = migrate.upgrade(
-            db.url,
-            create_candidate_table=create_candidate_table or db.embedded,
-            echo=lambda line: out.print(line),
-        )
-    except InvigilatorError as exc:
-        raise fail(exc.message, db) from None
-    except psycopg.Error as exc:
-        raise fail(str(exc), db) from None
+    applied = migrate.upgrade(
+        db.url,
+        create_candidate_table=create_candidate_table or db.embedded,
+        echo=lambda line: out.print(line),
+    )
     out.print(f"schema up to date ({len(applied)} migration(s) applied now)")
 
 
-@db_app.command("verify")
+@db_app.command("verify", short_help="Run the setup guide's verification checks.")
 def db_verify(database_url: DatabaseUrl = None) -> None:
     """Run the setup guide's verification checks; exit 1 on any mismatch."""
     db = database(database_url)
-    try:
-        with psycopg.connect(db.url, autocommit=True) as conn:
-            checks = verify.verify(conn)
-    except psycopg.Error as exc:
-        raise fail(str(exc), db) from None
+    with psycopg.connect(db.url, autocommit=True) as conn:
+        checks = verify.verify(conn)
     table = Table("check", "result", "detail", title="test_session verification")
     for c in checks:
         table.add_row(c.name, "[green]pass[/green]" if c.ok else "[red]FAIL[/red]", c.detail)
@@ -57,11 +48,14 @@ def db_verify(database_url: DatabaseUrl = None) -> None:
     out.print(f"[green]all {len(checks)} checks passed[/green]")
 
 
-@db_app.command("check")
+@db_app.command("check", short_help="Check connection, version, privileges, candidate table.")
 def db_check_command(database_url: DatabaseUrl = None) -> None:
     """Check connection, server version, privileges and the candidate table, with fixes."""
     db = database(database_url)
     findings = db_check.check(db.url)
+    if findings[0].name == "connection" and not findings[0].ok:  # nothing else was checked
+        reason = findings[0].detail.split(": ", 1)[-1].strip().splitlines()[0]
+        raise CommandFailed(f"could not connect to the database: {reason} ({findings[0].fix})")
     table = Table("check", "result", "detail", "fix", title="database check")
     for f in findings:
         table.add_row(
@@ -72,7 +66,7 @@ def db_check_command(database_url: DatabaseUrl = None) -> None:
         raise typer.Exit(code=1)
 
 
-@db_app.command("sql")
+@db_app.command("sql", short_help="Print the complete schema SQL (no connection needed).")
 def db_sql(create_candidate_table: CreateCandidate = False) -> None:
     """Print the complete schema SQL (no connection needed), for psql users."""
     sys.stdout.write(migrate.schema_sql(create_candidate_table=create_candidate_table))

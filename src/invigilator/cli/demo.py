@@ -10,7 +10,7 @@ import typer
 
 from invigilator.cli.app import app, out
 from invigilator.cli.options import CreateCandidate, DatabaseUrl
-from invigilator.cli.serve import Host, Port, prepare, run_server
+from invigilator.cli.serve import Host, Port, check_port, prepare, run_server
 
 
 def demo_link(host: str, port: int) -> str:
@@ -20,7 +20,7 @@ def demo_link(host: str, port: int) -> str:
     return f"http://{shown}:{port}/demo"
 
 
-@app.command()
+@app.command(short_help="Run the service with the demo test page, and print its link.")
 def demo(
     host: Host = "127.0.0.1",
     port: Port = 8000,
@@ -33,6 +33,7 @@ def demo(
     """Run the service with the demo test page (as `serve --demo`) and print its link: open it,
     press Start (that creates a fresh demo candidate and session), answer, reload midway, and
     submit."""
+    check_port(host, port)
     settings, url, _ = prepare(database_url, create_candidate_table, True)
     link = demo_link(host, port)
     out.print(f"\nDemo test: [bold]{link}[/bold]")

@@ -1,5 +1,4 @@
-"""`invigilator report` (how candidates fare: tables, JSON, CSV, charts) and
-`invigilator demo-data` (realistic synthetic sessions for demos and benchmarks).
+"""`invigilator report`: how candidates fare, as tables, JSON, CSV and charts.
 
 The numbers come from `invigilator.analytics`, the same module the API and the dashboard use;
 this module only presents them. docs/analytics.md defines every metric.
@@ -11,34 +10,24 @@ import asyncio
 import csv
 import enum
 import json
-import math
-import random
 import sys
-import time
-import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import psycopg
 import typer
 from rich.console import Group, RenderableType
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
 from invigilator import analytics, charts
 from invigilator.analytics import Live, Summary
-from invigilator.cli.app import app, database, err, fail, out
+from invigilator.cli.app import CommandFailed, app, database, err, out
+from invigilator.cli.connect import open_pool
 from invigilator.cli.options import DatabaseUrl
 from invigilator.config import Settings
-from invigilator.db import connector
 from invigilator.db.selection import Database
-from invigilator.domain import InvigilatorError, Policy
-
-# --- invigilator report ----------------------------------------------------------------------
 
 
 class ReportFormat(enum.StrEnum):
@@ -67,7 +56,7 @@ Until = Annotated[
 ]
 
 
-@app.command("report")
+@app.command("report", short_help="How candidates fare: completion, durations, abandonment.")
 def report(
     since: Since = None,
     until: Until = None,
@@ -94,26 +83,21 @@ def report(
 ) -> None:
     """How candidates fare: completion, durations, abandonment and the daily trend, for the
     sessions that started in [--since, --until)."""
-    db = database(database_url)
     settings = Settings()
-    try:
-        start = analytics.parse_bound(since, tz) if since else None
-        end = analytics.parse_bound(until, tz) if until else None
-        summary, live = asyncio.run(
-            _collect(
-                db,
-                settings,
-                start,
-                end,
-                tz=tz,
-                bucket=bucket,
-                with_live=output_format is ReportFormat.TABLE,
-            )
+    db = database(database_url, settings)
+    start = analytics.parse_bound(since, tz) if since else None
+    end = analytics.parse_bound(until, tz) if until else None
+    summary, live = asyncio.run(
+        _collect(
+            db,
+            settings,
+            start,
+            end,
+            tz=tz,
+            bucket=bucket,
+            with_live=output_format is ReportFormat.TABLE,
         )
-    except InvigilatorError as exc:
-        raise fail(exc.message, db) from None
-    except psycopg.Error as exc:
-        raise fail(str(exc), db) from None
+    )
 
     if output_format is ReportFormat.JSON:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
@@ -125,7 +109,9 @@ def report(
         try:
             written = write_charts(summary, charts)
         except OSError as exc:
-            raise fail(f"cannot write the charts into {charts}: {exc.strerror or exc}") from None
+            raise CommandFailed(
+                f"cannot write the charts into {charts}: {exc.strerror or exc}"
+            ) from None
         for path in written:
             err.print(f"[dim]chart: {path}[/dim]", highlight=False)
 
@@ -140,12 +126,9 @@ async def _collect(
     bucket: int,
     with_live: bool,
 ) -> tuple[Summary, Live | None]:
-    size = 2 if with_live else 1
-    pool = connector.pool_for(db.url, settings, min_size=size, max_size=size)
-    await pool.open(wait=True, timeout=settings.db_connect_timeout_seconds)
-    try:
+    # The live view runs beside the summary, on a connection of its own.
+    async with open_pool(db, settings, size=2 if with_live else 1) as pool:
         policy = settings.policy()
-        # The live view runs beside the summary, on its own connection.
         summary_task = asyncio.ensure_future(
             analytics.summary(pool, since, until, policy, tz=tz, minute_bucket=bucket)
         )
@@ -154,8 +137,6 @@ async def _collect(
         finally:
             summary = await summary_task
         return summary, live
-    finally:
-        await pool.close()
 
 
 def write_csv(summary: Summary, stream: Any) -> None:
@@ -324,419 +305,3 @@ def write_charts(summary: Summary, directory: Path) -> list[Path]:
             path.write_bytes(charts.render(summary, name, ext))
             written.append(path)
     return written
-
-
-# --- invigilator demo-data -------------------------------------------------------------------
-
-
-@app.command("demo-data")
-def demo_data(
-    candidates: Annotated[
-        int, typer.Option("--candidates", help="How many candidates (one session each).", min=1)
-    ],
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the random generator.")] = 1,
-    days: Annotated[
-        int, typer.Option("--days", help="Spread the sessions over this many past days.", min=1)
-    ] = 30,
-    database_url: DatabaseUrl = None,
-) -> None:
-    """Fill the database with realistic synthetic candidates, sessions and events
-    (distributions in docs/analytics.md); about 2 % of them are running right now."""
-    db = database(database_url)
-    settings = Settings()
-    started = time.perf_counter()
-    try:
-        totals = load_demo_data(
-            db.url, candidates, seed=seed, days=days, policy=settings.policy(), progress=True
-        )
-    except psycopg.errors.UndefinedTable:
-        raise fail("the schema is missing: run `invigilator db upgrade` first", db) from None
-    except psycopg.errors.UniqueViolation:
-        raise fail(
-            f"demo data for seed {seed} is already in this database: pick another --seed", db
-        ) from None
-    except psycopg.Error as exc:
-        raise fail(str(exc), db) from None
-    elapsed = time.perf_counter() - started
-    out.print(
-        f"demo data: {totals.candidates:,} candidates, {totals.sessions:,} sessions "
-        f"({totals.active:,} running now), {totals.events:,} events in {elapsed:.1f} s"
-    )
-
-
-@dataclass
-class DemoBatch:
-    """Rows for COPY: candidates, sessions and events of a slice of the candidates."""
-
-    candidates: list[tuple[str]] = field(default_factory=list)
-    sessions: list[tuple[Any, ...]] = field(default_factory=list)
-    events: list[tuple[str, str, datetime, str, str]] = field(default_factory=list)
-    active: list[str] = field(default_factory=list)  # the ids of the sessions running now
-
-
-@dataclass
-class DemoTotals:
-    candidates: int = 0
-    sessions: int = 0
-    events: int = 0
-    active: int = 0
-
-
-SESSION_COLUMNS = (
-    "candidate_id, test_start_time, test_duration_minutes, extra_minutes, last_heartbeat, "
-    "last_activity, status, completion_method, completed_at, sections_completed, "
-    "planned_sections, pending_answers, answer_seq, created_at, updated_at, deadline"
-)
-
-
-def load_demo_data(
-    url: str,
-    candidates: int,
-    *,
-    seed: int = 1,
-    days: int = 30,
-    policy: Policy | None = None,
-    progress: bool = False,
-    chunk: int = 5000,
-) -> DemoTotals:
-    """Generate and COPY `candidates` candidates with one session each, in one transaction
-    (all or nothing), then ANALYZE. Times are relative to the database clock.
-
-    A role that may (a superuser, such as the embedded database's) loads with triggers and
-    foreign-key checks off for the transaction (`session_replication_role = replica`, what
-    pg_restore --disable-triggers does): the rows are complete and consistent by construction
-    (parents first, `deadline` computed), and the checks are most of the load's cost. Any
-    other role loads through them as usual.
-    """
-    totals = DemoTotals()
-    active: list[str] = []
-    with psycopg.connect(url) as conn:
-        row = conn.execute("SELECT now()").fetchone()
-        assert row is not None
-        now: datetime = row[0]
-        try:
-            with conn.transaction():  # a savepoint: a refusal leaves the load going
-                conn.execute("SET LOCAL session_replication_role = replica")
-        except psycopg.errors.InsufficientPrivilege:
-            pass
-        progress_bar = Progress(
-            TextColumn("[bold]demo data[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            disable=not progress,
-        )
-        with progress_bar, conn.cursor() as cur:
-            task = progress_bar.add_task("candidates", total=candidates)
-            for batch in generate_demo(
-                candidates,
-                seed=seed,
-                days=days,
-                now=now,
-                policy=policy or Settings().policy(),
-                chunk=chunk,
-            ):
-                with cur.copy("COPY candidate (candidate_id) FROM STDIN") as copy:
-                    for crow in batch.candidates:
-                        copy.write_row(crow)
-                with cur.copy(f"COPY test_session ({SESSION_COLUMNS}) FROM STDIN") as copy:
-                    for srow in batch.sessions:
-                        copy.write_row(srow)
-                with cur.copy(
-                    "COPY test_session_event (candidate_id, type, at, actor, detail) FROM STDIN"
-                ) as copy:
-                    for erow in batch.events:
-                        copy.write_row(erow)
-                totals.candidates += len(batch.candidates)
-                totals.sessions += len(batch.sessions)
-                totals.events += len(batch.events)
-                active.extend(batch.active)
-                progress_bar.advance(task, len(batch.candidates))
-            # The running sessions were made relative to the transaction's start; a large load
-            # takes minutes, so bring their heartbeats up to the moment of the commit.
-            cur.execute(
-                "UPDATE test_session"
-                "   SET last_heartbeat = last_heartbeat + (clock_timestamp() - now()),"
-                "       last_activity = last_activity + (clock_timestamp() - now())"
-                " WHERE status = 'active' AND candidate_id::text = ANY(%s::text[])",
-                (active,),
-            )
-            totals.active = len(active)
-        conn.commit()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("ANALYZE candidate, test_session, test_session_event")
-    return totals
-
-
-# The distributions of demo-data (docs/analytics.md repeats them):
-#: test length in minutes, and its weight
-DEMO_DURATIONS = ((30, 0.15), (45, 0.20), (60, 0.40), (90, 0.15), (120, 0.10))
-#: sections a test of that length has (the first N of DEMO_SECTIONS)
-DEMO_SECTION_COUNT = {30: 3, 45: 3, 60: 4, 90: 5, 120: 6}
-DEMO_SECTIONS = ("reading", "listening", "grammar", "writing", "reasoning", "numeracy")
-#: relative volume of sessions per weekday, Monday first
-DEMO_WEEKDAY_WEIGHT = (1.0, 1.0, 1.0, 1.0, 0.9, 0.45, 0.35)
-#: start hour (UTC) as a mixture of normals: (mean hour, sd hours, weight)
-DEMO_START_HOUR = ((10.5, 1.5, 0.45), (15.0, 2.0, 0.40), (20.5, 1.5, 0.15))
-#: share of candidates whose session is running right now
-DEMO_ACTIVE_SHARE = 0.02
-
-# Precomputed JSON texts, by number of sections (the generator's hot loop only picks them).
-_SECTIONS_JSON = [json.dumps(list(DEMO_SECTIONS[:n])) for n in range(len(DEMO_SECTIONS) + 1)]
-_ANSWER_KEYS = [
-    [f'"{sec}-q{q}": ' for sec in DEMO_SECTIONS[:n] for q in (1, 2, 3)]
-    for n in range(len(DEMO_SECTIONS) + 1)
-]
-_ANSWER_SEQ_JSON = [
-    json.dumps({f"{sec}-q{q}": k + 1 for k, sec in enumerate(DEMO_SECTIONS[:n]) for q in (1, 2, 3)})
-    for n in range(len(DEMO_SECTIONS) + 1)
-]
-_SAVED_DETAIL = [
-    json.dumps({"questions": [f"{sec}-q{q}" for q in (1, 2, 3)], "seq": k + 1})
-    for k, sec in enumerate(DEMO_SECTIONS)
-]
-_SECTION_DETAIL = [
-    json.dumps({"section": sec, "count": k + 1}) for k, sec in enumerate(DEMO_SECTIONS)
-]
-_END_ACTOR = {"manual": "candidate", "admin": "staff", "admin_terminated": "staff"}
-_FOCUS_KINDS = (("tab_hidden", "tab_visible"), ("focus_lost", "focus_regained"))
-_GAVE_UP = frozenset({"heartbeat_timeout", "tab_close", "admin_terminated"})
-
-
-def _poisson(rng: random.Random, lam: float) -> int:
-    limit, k, p = math.exp(-lam), 0, rng.random()
-    while p > limit:
-        k += 1
-        p *= rng.random()
-    return k
-
-
-def _cumulative(weights: Sequence[float]) -> list[float]:
-    total, out = 0.0, []
-    for w in weights:
-        total += w
-        out.append(total)
-    return out
-
-
-def generate_demo(
-    candidates: int,
-    *,
-    seed: int,
-    days: int,
-    now: datetime,
-    policy: Policy,
-    chunk: int = 5000,
-) -> Iterator[DemoBatch]:
-    """Synthetic sessions and their events, deterministic for a seed and a `now`.
-
-    Distributions (also in docs/analytics.md):
-
-    - start: a day among the last `days` (weekday weights Mon–Thu 1.0, Fri 0.9, Sat 0.45,
-      Sun 0.35), an hour from a mixture of normals around 10:30 (45 %), 15:00 (40 %) and
-      20:30 UTC (15 %); a start too recent for the session to have ended is drawn again.
-    - test length: 30/45/60/90/120 min (15/20/40/15/10 %) with 3/3/4/5/6 planned sections;
-      3 % get a staff extension of 10, 15 or 30 minutes.
-    - outcome: the candidate gives up with probability 10 %, +5 % for tests of 90 minutes or
-      more, +6 % for starts between 21:00 and 06:00 UTC; giving up is a heartbeat timeout
-      (70 %), a tab close (22 %) or staff termination (8 %), at a point of the allowed time
-      that is uniform over the first 10 % (35 % of them) or Beta(2, 2.2) otherwise. The others
-      submit (84 %; at a share of the allowed time ~ Beta(6, 2.5)), run out of time (14 %)
-      or are submitted by staff (2 %).
-    - sections: the share of time used times the planned sections for those who gave up;
-      all (92 %) or all but one for a submission; all but 0/1/2 (30/50/20 %) on timeout.
-    - events: started; answers_saved then section_completed per section, evenly spaced;
-      focus losses ~ Poisson(0.6) for finishers and Poisson(1.8) for those who give up, half
-      as focus_lost/focus_regained and half as tab_hidden/tab_visible, back after ~Exp(25 s);
-      resumed for 6 %; time_extended; tab_closed; and the completed/abandoned event.
-    - running now (2 %, at least one): started 2 minutes to the whole test ago, heartbeat in
-      the last 14 s (88 %) or 35–200 s ago (12 %, flagged silent by the live view).
-
-    Rows come in order of start time with increasing candidate ids (uuid-shaped, so a uuid
-    key works too): the indexes grow at their right edge, as they do in real life, which
-    keeps the load fast.
-    """
-    rng = random.Random(seed)  # noqa: S311  (reproducible demo data, not secrets)
-    # Candidate ids: a prefix of the seed's, then a counter (so a second load with the same
-    # seed collides at once instead of silently adding a near copy).
-    prefix = rng.getrandbits(64) << 64
-    utc = now.tzinfo
-    stamp = datetime.fromtimestamp
-    t_now = now.timestamp()
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    t_midnight = midnight.timestamp()
-    day_offsets = list(range(days))
-    day_cum = _cumulative(
-        [DEMO_WEEKDAY_WEIGHT[(midnight - timedelta(days=d)).weekday()] for d in day_offsets]
-    )
-    durations = [d for d, _ in DEMO_DURATIONS]
-    duration_cum = _cumulative([w for _, w in DEMO_DURATIONS])
-    hour_cum = _cumulative([w for _, _, w in DEMO_START_HOUR])
-    n_active = min(candidates, max(1, round(candidates * DEMO_ACTIVE_SHARE)))
-    active_ids = set(rng.sample(range(candidates), n_active))
-    abandon = policy.abandon_after.total_seconds()
-    choices, rand, uniform = rng.choices, rng.random, rng.uniform
-
-    # 1. when each session starts and how long it may last, then in order of start
-    plans: list[tuple[float, int, int, bool]] = []
-    for i in range(candidates):
-        duration = choices(durations, cum_weights=duration_cum)[0]
-        extra = rng.choice((10, 15, 30)) if rand() < 0.03 else 0
-        allowed = (duration + extra) * 60.0
-        if i in active_ids:
-            start = t_now - uniform(120.0, allowed - 60.0)
-        else:
-            # a start that leaves the session time to end before now, drawn again until it
-            # does (a handful of tries; then the latest such start)
-            latest = t_now - allowed - 300.0
-            for _ in range(20):
-                day = choices(day_offsets, cum_weights=day_cum)[0]
-                mean, sd, _ = choices(DEMO_START_HOUR, cum_weights=hour_cum)[0]
-                start = t_midnight - day * 86400.0 + (rng.gauss(mean, sd) % 24) * 3600.0
-                if start <= latest:
-                    break
-            else:
-                start = latest - uniform(0.0, 3600.0)
-        plans.append((start, duration, extra, i in active_ids))
-    plans.sort()
-
-    # 2. each session's outcome, row and events
-    batch = DemoBatch()
-    for i, (start, duration, extra, active) in enumerate(plans):
-        cid = str(uuid.UUID(int=prefix | i, version=4))
-        n_sections = DEMO_SECTION_COUNT[duration]
-        allowed = (duration + extra) * 60.0
-        deadline = start + allowed
-        method: str | None
-        ended: float | None
-        if active:
-            heartbeat = t_now - (uniform(0.0, 14.0) if rand() < 0.88 else uniform(35.0, 200.0))
-            heartbeat = max(heartbeat, start)
-            sections = int((t_now - start) / allowed * n_sections)
-            status, method, ended, stop = "active", None, None, heartbeat
-            batch.active.append(cid)
-        else:
-            hour = int((start % 86400.0) // 3600.0)
-            p_gave_up = (
-                0.10 + (0.05 if duration >= 90 else 0.0) + (0.06 if hour >= 21 or hour < 6 else 0.0)
-            )
-            if rand() < p_gave_up:
-                r = rand()
-                method = "heartbeat_timeout" if r < 0.70 else "tab_close"
-                if r >= 0.92:
-                    method = "admin_terminated"
-                share = uniform(0.0, 0.1) if rand() < 0.35 else rng.betavariate(2, 2.2)
-                left = start + share * allowed
-                if method == "heartbeat_timeout":
-                    if left + abandon >= deadline:
-                        left = max(start, deadline - abandon - uniform(1.0, 60.0))
-                    ended, heartbeat = left + abandon, left
-                else:
-                    ended, heartbeat = left, max(start, left - uniform(0.0, 15.0))
-                status = "completed" if method == "tab_close" else "abandoned"
-                sections = min(n_sections, int((left - start) / allowed * n_sections))
-                stop = left
-            else:
-                r = rand()
-                if r < 0.84 or r >= 0.98:
-                    method = "manual" if r < 0.84 else "admin"
-                    ended = start + min(max(rng.betavariate(6, 2.5), 0.05), 0.995) * allowed
-                    sections = n_sections if rand() < 0.92 else n_sections - 1
-                else:
-                    method, ended = "timer_expired", deadline
-                    q = rand()
-                    sections = max(0, n_sections - (0 if q < 0.3 else 1 if q < 0.8 else 2))
-                status = "completed"
-                heartbeat = max(start, ended - uniform(0.0, 15.0))
-                stop = ended
-
-        # the session row
-        bits = rng.getrandbits(6 * sections) if sections else 0
-        answers = ", ".join(
-            f'{key}"{"ABCD"[(bits >> (2 * j)) & 3]}"'
-            for j, key in enumerate(_ANSWER_KEYS[sections])
-        )
-        started_at = stamp(start, utc)
-        ended_at = stamp(ended, utc) if ended is not None else None
-        heartbeat_at = stamp(heartbeat, utc)
-        batch.candidates.append((cid,))
-        batch.sessions.append(
-            (
-                cid,
-                started_at,
-                duration,
-                extra,
-                heartbeat_at,
-                stamp(max(start, heartbeat - uniform(0.0, 30.0)), utc),
-                status,
-                method,
-                ended_at,
-                _SECTIONS_JSON[sections],
-                _SECTIONS_JSON[n_sections],
-                "{" + answers + "}",
-                _ANSWER_SEQ_JSON[sections],
-                started_at,
-                ended_at or heartbeat_at,
-                stamp(deadline, utc),
-            )
-        )
-
-        # its events
-        events = batch.events
-        events.append((cid, "started", started_at, "system", f'{{"duration_minutes": {duration}}}'))
-        span = stop - start
-        for k in range(sections):
-            at = start + span * (k + 1) / (sections + 1)
-            events.append(
-                (cid, "answers_saved", stamp(at - 2.0, utc), "candidate", _SAVED_DETAIL[k])
-            )
-            events.append(
-                (cid, "section_completed", stamp(at, utc), "candidate", _SECTION_DETAIL[k])
-            )
-        for _ in range(_poisson(rng, 1.8 if method in _GAVE_UP else 0.6)):
-            lost = start + span * rand()
-            kinds = _FOCUS_KINDS[rand() < 0.5]
-            events.append((cid, kinds[0], stamp(lost, utc), "candidate", "{}"))
-            back = lost + rng.expovariate(1 / 25)
-            if back < stop:
-                events.append((cid, kinds[1], stamp(back, utc), "candidate", "{}"))
-        if rand() < 0.06 and span > 120.0:
-            events.append(
-                (
-                    cid,
-                    "resumed",
-                    stamp(start + span * rand(), utc),
-                    "candidate",
-                    f'{{"gap_seconds": {uniform(31, 200):.1f}, "after_tab_close": false}}',
-                )
-            )
-        if extra:
-            events.append(
-                (
-                    cid,
-                    "time_extended",
-                    stamp(start + span * uniform(0.2, 0.8), utc),
-                    "staff",
-                    f'{{"minutes": {extra}, "reason": "accommodation", '
-                    f'"deadline": "{stamp(deadline, utc).isoformat()}"}}',
-                )
-            )
-        if method is not None and ended_at is not None:
-            if method == "tab_close":
-                events.append((cid, "tab_closed", ended_at, "candidate", "{}"))
-            events.append(
-                (
-                    cid,
-                    status,
-                    ended_at,
-                    _END_ACTOR.get(method, "sweeper"),
-                    f'{{"method": "{method}"}}',
-                )
-            )
-
-        if len(batch.candidates) >= chunk:
-            yield batch
-            batch = DemoBatch()
-    if batch.candidates:
-        yield batch

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import logging
 import os
 import signal
+import socket
 import sys
-from typing import Annotated, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Annotated, Any
 
-import psycopg
 import typer
 from pydantic import SecretStr
 
-from invigilator.cli.app import app, database, err, fail, out
+from invigilator.cli.app import CommandFailed, app, database, err, out
 from invigilator.cli.options import CreateCandidate, DatabaseUrl
 from invigilator.config import Settings
 from invigilator.db import migrate
-from invigilator.domain import InvigilatorError
 from invigilator.secrets_file import load_or_create
+
+if TYPE_CHECKING:
+    import uvicorn
+
+log = logging.getLogger(__name__)
 
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 Port = Annotated[int, typer.Option(help="TCP port.")]
@@ -29,12 +37,7 @@ def prepare(
     to serve with, the database URL and whether the demo is on."""
     settings = Settings()
     db = database(database_url, settings)
-    try:
-        migrate.upgrade(db.url, create_candidate_table=create_candidate_table or db.embedded)
-    except InvigilatorError as exc:
-        raise fail(exc.message, db) from None
-    except psycopg.Error as exc:
-        raise fail(str(exc), db) from None
+    migrate.upgrade(db.url, create_candidate_table=create_candidate_table or db.embedded)
     if settings.secret_key is None or not settings.admin_keys:
         local = load_or_create(settings.data_dir)
         err.print(
@@ -67,9 +70,41 @@ def _export(settings: Settings, url: str) -> None:
     os.environ["INVIGILATOR_DEMO"] = "true" if settings.demo else "false"
 
 
+def check_port(host: str, port: int) -> None:
+    """Refuse a port this process cannot listen on, before anything starts or is printed (what
+    uvicorn would find out only after the banner, the migrations and the app's start-up)."""
+    try:
+        addresses = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise CommandFailed(f"cannot listen on {host!r}: {exc.strerror}; check --host") from None
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise CommandFailed(
+                        f"port {port} on {host} is already in use: stop what listens there, "
+                        "or choose another with --port"
+                    ) from None
+                if exc.errno == errno.EACCES:
+                    raise CommandFailed(
+                        f"not allowed to listen on port {port}: choose one above 1023 with --port"
+                    ) from None
+                raise CommandFailed(
+                    f"cannot listen on {host} port {port}: {exc.strerror}; check --host and --port"
+                ) from None
+
+
 def run_server(settings: Settings, url: str, host: str, port: int, workers: int) -> None:
     # The web stack is imported here, not at the top: every other command starts faster.
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     # uvicorn shuts down gracefully on SIGTERM, then re-raises it with the handler that was
     # there before; with Python's default one the process dies without running its exit
@@ -78,7 +113,6 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
 
     from invigilator import metrics
     from invigilator.api.app import create_app
-    from invigilator.api.observability import configure_logging
 
     shown = "127.0.0.1" if host in ("0.0.0.0", "") else host  # noqa: S104
     base = f"http://{shown}:{port}"
@@ -88,13 +122,14 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
     if settings.demo:
         out.print(f"  demo test  {base}/demo")
     # Our JSON/text logs for everything, uvicorn's included; our access line replaces uvicorn's.
-    configure_logging(settings)
     quiet: dict[str, Any] = {"log_level": "warning", "log_config": None, "access_log": False}
     if workers > 1:
+        from uvicorn.supervisors import Multiprocess
+
         tcp_nodelay_under_workers()
         _export(settings, url)
         metrics.prepare_multiprocess(workers)  # every worker's counters in every scrape
-        uvicorn.run(
+        config = uvicorn.Config(
             "invigilator.api.app:app_factory",
             factory=True,
             host=host,
@@ -102,8 +137,45 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
             workers=workers,
             **quiet,
         )
-    else:
-        uvicorn.run(create_app(settings, database_url=url), host=host, port=port, **quiet)
+        # What uvicorn.run does with workers, keeping the supervisor: uvicorn.run exits 0 when
+        # a worker failed to start (it stops the others and returns).
+        supervisor = Multiprocess(config, sockets=[config.bind_socket()])
+        supervisor.run()
+        if any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes):
+            raise CommandFailed("the service did not start: the error is logged above")
+        return
+    config = uvicorn.Config(create_app(settings, database_url=url), host=host, port=port, **quiet)
+    server = _server(config)
+    failure = _StartFailure()
+    logging.getLogger("uvicorn.error").addHandler(failure)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # SIGINT: uvicorn has shut down, then raised it again
+        pass
+    except SystemExit as exc:
+        if exc.code != STARTUP_FAILURE or server.started:
+            raise
+        raise CommandFailed(
+            f"the service did not start: {failure.reason or 'the error is logged above'}"
+        ) from None
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(failure)
+
+
+class _StartFailure(logging.Handler):
+    """Why uvicorn gave up starting, in one line: the exception that ended the app's start-up
+    (the last line of the traceback uvicorn logs), or the socket's error."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.reason: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage().strip()
+        if text.startswith("Traceback"):
+            self.reason = text.splitlines()[-1]
+        elif text and not text.startswith(("Application startup failed", "Exception in")):
+            self.reason = self.reason or text.splitlines()[0]
 
 
 def tcp_nodelay_under_workers() -> None:
@@ -126,7 +198,46 @@ def tcp_nodelay_under_workers() -> None:
     uvicorn.config.Config.bind_socket = bind_socket  # type: ignore[method-assign]
 
 
-@app.command()
+def _server(config: uvicorn.Config) -> uvicorn.Server:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn looks at a signal only once its start-up is over: a part of the app that
+        never finished starting would leave `serve` deaf to SIGTERM. A signal during start-up
+        cancels it; the app's lifespan then stops what had started."""
+
+        serving: asyncio.Task[Any] | None = None
+        loop: asyncio.AbstractEventLoop | None = None
+        cancelled_start = False
+
+        async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+            self.serving = asyncio.current_task()
+            self.loop = asyncio.get_running_loop()
+            try:
+                await super().serve(sockets)
+            except asyncio.CancelledError:
+                if not self.cancelled_start:
+                    raise
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            super().handle_exit(sig, frame)
+            if not self.started and self.loop is not None and not self.cancelled_start:
+                # Not from inside a signal handler: logging takes locks.
+                self.loop.call_soon_threadsafe(self.cancel_start, signal.Signals(sig).name)
+
+        def cancel_start(self, name: str) -> None:
+            if self.started or self.serving is None:
+                return
+            self.cancelled_start = True
+            log.warning("%s during start-up: stopping what has started", name)
+            # uvicorn would report the cancelled start-up as a failure, traceback and all.
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+            self.serving.cancel()
+
+    return Server(config)
+
+
+@app.command(short_help="Run the service: the API, the sweeper and webhooks.")
 def serve(
     host: Host = "127.0.0.1",
     port: Port = 8000,
@@ -140,5 +251,6 @@ def serve(
 ) -> None:
     """Run the service: migrations at start, the API, the sweeper, and (on the embedded
     database, or with --demo) the demo test page."""
+    check_port(host, port)
     settings, url, _ = prepare(database_url, create_candidate_table, demo)
     run_server(settings, url, host, port, workers)
