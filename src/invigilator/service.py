@@ -96,12 +96,9 @@ class Sessions:
         )
 
     async def list_sessions(
-        self,
-        *,
-        status: Status | None = None,
-        limit: int = 50,
-        after: tuple[datetime, str] | None = None,
+        self, *, limit: int, status: Status | None = None, after: tuple[datetime, str] | None = None
     ) -> list[Session]:
+        """A page of sessions, newest start first; `after`: the last one of the page before."""
         return await self.store.list_sessions(status=status, limit=limit, after=after)
 
     async def timeline(self, candidate_id: str) -> list[Event]:
