@@ -14,6 +14,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
+from invigilator import views
 from invigilator.cli.app import HELP_LAYOUT, CommandFailed, app, database, out
 from invigilator.cli.connect import migrate_embedded, open_sessions
 from invigilator.cli.options import DatabaseUrl
@@ -88,24 +89,14 @@ def without_answer_contents(value: Any) -> Any:
 
 
 def session_summary(session: Session) -> dict[str, Any]:
-    """What `session show --json` prints about the session itself (no answer contents)."""
+    """What `session show --json` prints about the session itself: the session as the API
+    shows it (views.py), with when a tab closed and which questions have an answer, never
+    the answers."""
+    shown = views.SessionOut(**views.session_fields(session, answers=False))
     return {
-        "candidate_id": session.candidate_id,
-        "status": session.status.value,
-        "completion_method": session.completion_method.value if session.completion_method else None,
-        "test_start_time": _iso(session.test_start_time),
-        "test_duration_minutes": session.test_duration_minutes,
-        "extra_minutes": session.extra_minutes,
-        "deadline": _iso(session.deadline),
-        "remaining_seconds": session.remaining_seconds,
-        "last_heartbeat": _iso(session.last_heartbeat),
-        "last_activity": _iso(session.last_activity),
+        **shown.model_dump(mode="json"),
         "tab_closed_at": _iso(session.tab_closed_at),
-        "completed_at": _iso(session.completed_at),
-        "sections_completed": session.sections_completed,
-        "planned_sections": session.planned_sections,
         "answer_keys": sorted(session.pending_answers),
-        "server_now": _iso(session.server_now),
     }
 
 
