@@ -1,8 +1,10 @@
 """Test databases: one real PostgreSQL per run (embedded, or $INVIGILATOR_TEST_DATABASE_URL),
-a migrated template database made once, and a fresh clone of it for every test."""
+a migrated template database made once, and a fresh clone of it for every test; the store and
+the app in-process on that clone."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import uuid
@@ -15,10 +17,11 @@ import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from dbtools import TEST_POLICY
 from invigilator.db import connector, migrate
 from invigilator.db.embedded import start_embedded, stop_embedded
 from invigilator.store import SessionStore
+from support.api import Api, in_process_api, make_settings
+from support.db import TEST_POLICY
 
 TEMPLATE = f"invigilator_template_{os.getpid()}"
 
@@ -110,3 +113,23 @@ async def store(db_url: str) -> AsyncIterator[SessionStore]:
         yield SessionStore(pool, TEST_POLICY)
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def api(db_url: str) -> AsyncIterator[Api]:
+    """The app (lifespan included) on this test's database, driven in-process through httpx."""
+    async with in_process_api(db_url, make_settings()) as value:
+        yield value
+
+
+@pytest.fixture
+def api_with(db_url: str) -> Any:
+    """`async with api_with(max_answers_bytes=...) as api:` for a test that changes a setting,
+    `api_with(client_ip="203.0.113.7", ...)` for one that comes from another address."""
+
+    @contextlib.asynccontextmanager
+    async def factory(client_ip: str = "127.0.0.1", **overrides: Any) -> AsyncIterator[Api]:
+        async with in_process_api(db_url, make_settings(**overrides), client_ip=client_ip) as value:
+            yield value
+
+    return factory

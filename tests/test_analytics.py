@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbtools import TEST_POLICY, add_candidate
 from invigilator import analytics, sql
 from invigilator.domain import InvalidInput
 from invigilator.store import SessionStore
+from support.db import TEST_POLICY, add_candidate
 
 SINCE = datetime(2024, 3, 4, tzinfo=UTC)  # a Monday
 UNTIL = datetime(2024, 3, 11, tzinfo=UTC)  # the next Monday, excluded

@@ -3,10 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,31 +12,14 @@ from typer.testing import CliRunner
 
 from invigilator import __version__
 from invigilator.cli import app
+from support.cli import run_cli
+from support.ports import free_port
 
 PASSWORD = "Pw-" + uuid.uuid4().hex  # made at run time: never in the repository
 
 
-def _closed_port() -> int:
-    """A local port nothing listens on: connections to it are refused at once."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invigilator", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_version() -> None:
-    result = _run("--version", env=dict(os.environ))
+    result = run_cli("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"invigilator {__version__}\n"
 
@@ -59,11 +38,10 @@ CONNECTING = {
 
 
 def test_every_command_says_in_one_line_that_the_database_does_not_answer() -> None:
-    port = _closed_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INVIGILATOR_")}
-    env["DATABASE_URL"] = f"postgresql://exams:{PASSWORD}@127.0.0.1:{port}/exams"
+    port = free_port()  # nothing listens there: connections to it are refused at once
+    env = {"DATABASE_URL": f"postgresql://exams:{PASSWORD}@127.0.0.1:{port}/exams"}
     with ThreadPoolExecutor(max_workers=3) as pool:
-        runs = {name: pool.submit(_run, *args, env=env) for name, args in CONNECTING.items()}
+        runs = {name: pool.submit(run_cli, *args, env=env) for name, args in CONNECTING.items()}
     for name, run in runs.items():
         result = run.result()
         assert result.returncode == 1, (name, result.stdout, result.stderr)

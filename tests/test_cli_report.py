@@ -7,33 +7,18 @@ import asyncio
 import csv
 import io
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from dbtools import TEST_POLICY
 from invigilator import analytics
 from invigilator.db import connector
+from support.cli import run_cli
+from support.db import TEST_POLICY
 from test_analytics import EXPECTED, SINCE, UNTIL, build_dataset, without_clock
 
 WINDOW = ["--since", "2024-03-04", "--until", "2024-03-11"]
-
-
-def invigilator(*args: str, db_url: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("INVIGILATOR_", "DATABASE"))}
-    env["COLUMNS"] = "120"
-    return subprocess.run(
-        [sys.executable, "-m", "invigilator", *args, "--database-url", db_url],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def summary_of(db_url: str, **kwargs: Any) -> analytics.Summary:
@@ -50,7 +35,7 @@ def summary_of(db_url: str, **kwargs: Any) -> analytics.Summary:
 
 def test_report_json_is_the_summary(db_url: str, db: psycopg.Connection[Any]) -> None:
     build_dataset(db)
-    result = invigilator("report", *WINDOW, "--format", "json", db_url=db_url)
+    result = run_cli("report", *WINDOW, "--format", "json", db_url=db_url)
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout)
     assert without_clock(printed) == without_clock(summary_of(db_url, since=SINCE, until=UNTIL))
@@ -61,7 +46,7 @@ def test_report_json_is_the_summary(db_url: str, db: psycopg.Connection[Any]) ->
 
 def test_report_csv_is_flat_and_parses(db_url: str, db: psycopg.Connection[Any]) -> None:
     build_dataset(db)
-    result = invigilator("report", *WINDOW, "--format", "csv", db_url=db_url)
+    result = run_cli("report", *WINDOW, "--format", "csv", db_url=db_url)
     assert result.returncode == 0, result.stderr
     rows = list(csv.reader(io.StringIO(result.stdout)))
     assert rows[0] == ["metric", "dimension", "value"]
@@ -76,7 +61,7 @@ def test_report_csv_is_flat_and_parses(db_url: str, db: psycopg.Connection[Any])
     expected = summary_of(db_url, since=SINCE, until=UNTIL)
     assert len(rows) - 1 == len(list(analytics.summary_rows(expected)))
 
-    empty = invigilator("report", "--since", "2020-01-01", "--until", "2020-01-02",
+    empty = run_cli("report", "--since", "2020-01-01", "--until", "2020-01-02",
                         "--format", "csv", db_url=db_url)  # fmt: skip
     values = {(m, d): v for m, d, v in csv.reader(io.StringIO(empty.stdout))}
     assert values[("total", "")] == "0" and values[("completion_rate", "")] == ""  # null: empty
@@ -84,7 +69,7 @@ def test_report_csv_is_flat_and_parses(db_url: str, db: psycopg.Connection[Any])
 
 def test_report_table_is_readable(db_url: str, db: psycopg.Connection[Any]) -> None:
     build_dataset(db)
-    result = invigilator("report", *WINDOW, db_url=db_url)
+    result = run_cli("report", *WINDOW, db_url=db_url)
     assert result.returncode == 0, result.stderr
     for text in ("Overview", "63.6 %", "How sessions ended", "heartbeat_timeout",
                  "Funnel", "Daily", "2024-03-09", "39m34s"):  # fmt: skip
@@ -96,7 +81,7 @@ def test_report_charts_are_written_as_png_and_svg(
 ) -> None:
     build_dataset(db)
     charts = tmp_path / "charts"
-    result = invigilator("report", *WINDOW, "--format", "json", "--charts", str(charts),
+    result = run_cli("report", *WINDOW, "--format", "json", "--charts", str(charts),
                          db_url=db_url)  # fmt: skip
     assert result.returncode == 0, result.stderr
     json.loads(result.stdout)  # the charts do not disturb the JSON
@@ -113,19 +98,19 @@ def test_report_charts_are_written_as_png_and_svg(
 
 
 def test_report_refuses_a_reversed_or_unreadable_window(db_url: str) -> None:
-    reversed_ = invigilator("report", "--since", "2024-03-11", "--until", "2024-03-04",
+    reversed_ = run_cli("report", "--since", "2024-03-11", "--until", "2024-03-04",
                             db_url=db_url)  # fmt: skip
     assert reversed_.returncode == 1 and "since must not be after" in reversed_.stderr
-    garbage = invigilator("report", "--since", "yesterday", db_url=db_url)
+    garbage = run_cli("report", "--since", "yesterday", db_url=db_url)
     assert garbage.returncode == 1 and "not a date" in garbage.stderr
 
 
 def test_demo_data_then_report_shows_plausible_numbers(db_url: str) -> None:
-    loaded = invigilator("demo-data", "--candidates", "500", "--seed", "7", db_url=db_url)
+    loaded = run_cli("demo-data", "--candidates", "500", "--seed", "7", db_url=db_url)
     assert loaded.returncode == 0, loaded.stderr
     assert "500 candidates" in loaded.stdout
 
-    result = invigilator("report", "--format", "json", db_url=db_url)
+    result = run_cli("report", "--format", "json", db_url=db_url)
     assert result.returncode == 0, result.stderr
     s = json.loads(result.stdout)
     assert s["total"] == 500
@@ -156,5 +141,5 @@ def test_demo_data_then_report_shows_plausible_numbers(db_url: str) -> None:
     now = asyncio.run(live())
     assert now["count"] == 10 and 0 <= now["silent"] <= 10
 
-    again = invigilator("demo-data", "--candidates", "5", "--seed", "7", db_url=db_url)
+    again = run_cli("demo-data", "--candidates", "5", "--seed", "7", db_url=db_url)
     assert again.returncode == 1 and "already" in again.stderr

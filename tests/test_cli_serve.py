@@ -5,20 +5,19 @@ and never deaf to SIGTERM while a part is still starting."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 
-from sweeptools import Lines, wait_until
+from support.cli import Lines, cli_args, cli_env, run_cli
+from support.ports import free_port
+from support.waiting import wait_for_http, wait_until
 
 SERVE_ENV = {
     "INVIGILATOR_SECRET_KEY": "serve-test-secret-0123456789abcdef0123",
@@ -44,13 +43,6 @@ RAISES = 'raise RuntimeError("the webhook worker cannot start: injected")'
 NEVER_RETURNS = "await asyncio.Event().wait()"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def listening() -> Iterator[int]:
     """A port something else listens on."""
@@ -65,13 +57,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One embedded database for these tests, made (initdb, migrations) once: a fresh one per
     test costs an initdb each, and a loaded machine can make a start miss pgserver's bound."""
     made = tmp_path_factory.mktemp("serve") / "data"
-    subprocess.run(
-        [sys.executable, "-m", "invigilator", "db", "upgrade"],
-        env=_env(made),
-        capture_output=True,
-        timeout=120,
-        check=True,
-    )
+    upgraded = run_cli("db", "upgrade", env=_env(made))
+    assert upgraded.returncode == 0, upgraded.stderr
     _stopped_database(made)
     return made
 
@@ -86,19 +73,18 @@ def _embedded_servers(data_dir: Path) -> list[psutil.Process]:
 
 
 def _env(data_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("INVIGILATOR_")}
-    env.pop("DATABASE_URL", None)
-    return {**env, **SERVE_ENV, "INVIGILATOR_DATA_DIR": str(data_dir), **extra}
+    """No database named: serve runs on the embedded one in `data_dir`."""
+    return {**SERVE_ENV, "INVIGILATOR_DATA_DIR": str(data_dir), **extra}
 
 
 def _serve(
     data_dir: Path, port: int, *options: str, patch: str | None = None, **env: str
 ) -> subprocess.Popen[str]:
-    start = [sys.executable, "-c", PATCHED_SERVE.format(body=patch)] if patch else None
-    command = start or [sys.executable, "-m", "invigilator"]
+    args = ["serve", "--port", str(port), "--no-demo", *options]
+    command = [sys.executable, "-c", PATCHED_SERVE.format(body=patch), *args] if patch else None
     return subprocess.Popen(
-        [*command, "serve", "--port", str(port), "--no-demo", *options],
-        env=_env(data_dir, **env),
+        command or cli_args(*args),
+        env=cli_env(_env(data_dir, **env)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -107,23 +93,25 @@ def _serve(
 
 def _stopped_database(data_dir: Path) -> None:
     # the postmaster may need a moment to exit after pg_ctl stop
-    wait_until(lambda: not _embedded_servers(data_dir), "the embedded PostgreSQL to stop", 10)
+    wait_until(
+        lambda: not _embedded_servers(data_dir), "the embedded PostgreSQL to stop", within=10
+    )
+
+
+def _exit_of(proc: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
+    """Its output once it has exited by itself (killed if it has not within `timeout`)."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_sigterm_stops_serve_and_its_embedded_database(data_dir: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = _serve(data_dir, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "serve did not become ready"
-            time.sleep(0.2)
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", proc, within=60)
         assert _embedded_servers(data_dir), "serve should run on its embedded PostgreSQL"
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
@@ -139,14 +127,7 @@ def test_serve_refuses_a_busy_port_in_one_line_before_anything_else(
     tmp_path: Path, listening: int
 ) -> None:
     data_dir = tmp_path / "data"
-    result = subprocess.run(
-        [sys.executable, "-m", "invigilator", "serve", "--port", str(listening)],
-        env=_env(data_dir),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_cli("serve", "--port", str(listening), env=_env(data_dir), timeout=60)
     assert result.returncode == 1
     assert result.stdout == ""  # no banner, no URLs, no staff key
     assert result.stderr.splitlines() == [
@@ -162,13 +143,9 @@ def test_a_part_that_fails_to_start_is_logged_and_serve_exits_non_zero(
 ) -> None:
     """A real failure inside the app's start-up: the metrics listener's own port is taken."""
     proc = _serve(
-        data_dir, _free_port(), "--workers", str(workers), INVIGILATOR_METRICS_PORT=str(listening)
+        data_dir, free_port(), "--workers", str(workers), INVIGILATOR_METRICS_PORT=str(listening)
     )
-    try:
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    _, err = _exit_of(proc)
     assert proc.returncode == 1, err
     lines = err.splitlines()
     printed = [line for line in lines if not line.startswith("{")]  # not a log line
@@ -186,12 +163,8 @@ def test_a_part_that_fails_to_start_is_logged_and_serve_exits_non_zero(
 
 def test_serve_does_not_hang_when_the_webhook_worker_raises_at_start(data_dir: Path) -> None:
     """The sweeper is running by then; it must be stopped before the start-up can fail."""
-    proc = _serve(data_dir, _free_port(), patch=RAISES)
-    try:
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc = _serve(data_dir, free_port(), patch=RAISES)
+    _, err = _exit_of(proc)
     assert proc.returncode == 1, err
     assert "sweeper started" in err and "sweeper stopped" in err
     assert "RuntimeError: the webhook worker cannot start: injected" in err
@@ -203,7 +176,7 @@ def test_serve_does_not_hang_when_the_webhook_worker_raises_at_start(data_dir: P
 
 
 def test_sigterm_stops_serve_while_a_part_is_still_starting(data_dir: Path) -> None:
-    proc = _serve(data_dir, _free_port(), patch=NEVER_RETURNS)
+    proc = _serve(data_dir, free_port(), patch=NEVER_RETURNS)
     try:
         assert proc.stderr is not None
         stderr = Lines(proc.stderr)

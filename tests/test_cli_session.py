@@ -6,15 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import subprocess
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 
-from dbtools import add_candidate, shift_session
 from invigilator.store import SessionStore
-from sweeptools import cli_args, cli_env, run_cli
+from support.cli import run_cli
+from support.db import add_candidate, shift_session
 
 minutes = lambda n: timedelta(minutes=n)  # noqa: E731
 
@@ -40,7 +39,7 @@ async def test_session_show_prints_the_session_and_its_timeline_without_answers(
 ) -> None:
     cid = await _a_session_with_a_history(store, db)
 
-    result = run_cli(db_url, "session", "show", cid)
+    result = run_cli("session", "show", cid, db_url=db_url)
 
     assert result.returncode == 0, result.stderr
     text = result.stdout
@@ -69,7 +68,7 @@ async def test_session_show_json_sees_a_due_session_as_ended(
     cid = await _a_session_with_a_history(store, db)
     shift_session(db, cid, test_start_time=minutes(56), last_heartbeat=minutes(1))  # 45 + 10
 
-    result = run_cli(db_url, "session", "show", cid, "--json")
+    result = run_cli("session", "show", cid, "--json", db_url=db_url)
 
     assert result.returncode == 0, result.stderr
     assert "SECRET" not in result.stdout
@@ -97,7 +96,7 @@ async def test_session_show_json_sees_a_due_session_as_ended(
 
 
 def test_session_show_for_an_unknown_candidate_exits_1(db_url: str) -> None:
-    result = run_cli(db_url, "session", "show", "nobody", "--json")
+    result = run_cli("session", "show", "nobody", "--json", db_url=db_url)
     assert result.returncode == 1
     assert result.stdout == ""  # nothing a script could mistake for a session
     assert "error: no test session for candidate 'nobody'" in result.stderr
@@ -108,13 +107,7 @@ async def test_session_show_fits_80_columns_and_cuts_no_time(
 ) -> None:
     cid = await _a_session_with_a_history(store, db)
     result = await asyncio.to_thread(
-        subprocess.run,
-        cli_args(db_url, "session", "show", cid),
-        capture_output=True,
-        text=True,
-        env={**cli_env(), "COLUMNS": "80"},
-        timeout=60,
-        check=False,
+        run_cli, "session", "show", cid, db_url=db_url, env={"COLUMNS": "80"}
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()

@@ -5,24 +5,14 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from sweeptools import (
-    Lines,
-    add_sessions,
-    cli_args,
-    cli_env,
-    inconsistencies,
-    run_cli,
-    start_cli,
-    statuses,
-    swept_lines,
-)
+from support.cli import Lines, run_cli, start_cli
+from support.sweeps import add_sessions, inconsistencies, statuses, swept_lines
 
 minutes = lambda n: timedelta(minutes=n)  # noqa: E731
 seconds = lambda n: timedelta(seconds=n)  # noqa: E731
@@ -53,7 +43,7 @@ def test_sweep_once_prints_each_session_it_finalized_and_a_total(
         ).fetchall()
     }
 
-    result = run_cli(db_url, "sweep", "--once")
+    result = run_cli("sweep", "--once", db_url=db_url)
 
     assert result.returncode == 0, result.stderr
     assert "database: PostgreSQL at" in result.stderr
@@ -79,7 +69,7 @@ def test_sweep_once_prints_each_session_it_finalized_and_a_total(
         ]
     )
 
-    again = run_cli(db_url, "sweep", "--once")
+    again = run_cli("sweep", "--once", db_url=db_url)
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == ["finalized 0 session(s)"]
     assert inconsistencies(db) == []
@@ -88,7 +78,7 @@ def test_sweep_once_prints_each_session_it_finalized_and_a_total(
 def test_sweep_never_creates_the_schema_on_a_database_it_was_pointed_at(
     empty_db_url: str,
 ) -> None:
-    result = run_cli(empty_db_url, "sweep", "--once")
+    result = run_cli("sweep", "--once", db_url=empty_db_url)
     assert result.returncode == 1
     assert "invigilator db upgrade" in result.stderr
     with psycopg.connect(empty_db_url) as conn:
@@ -101,7 +91,7 @@ def test_the_looping_sweeper_stops_promptly_and_cleanly_on_a_signal(
 ) -> None:
     add_sessions(db, "late-", 2, started_ago=minutes(61), heartbeat_ago=minutes(1))
     # An hour between passes: only the signal can end the wait in time.
-    proc = start_cli(db_url, "sweep", "--interval", "3600", "--batch-size", "1")
+    proc = start_cli("sweep", "--interval", "3600", "--batch-size", "1", db_url=db_url)
     try:
         stderr = Lines(proc.stderr)
         stderr.wait_for("sweeper finalized 2 session(s): timer_expired=2")
@@ -124,14 +114,8 @@ def test_sweep_logs_in_the_format_and_at_the_level_the_settings_say(
     db_url: str, db: psycopg.Connection[Any]
 ) -> None:
     (late,) = add_sessions(db, "late-", 1, started_ago=minutes(61), heartbeat_ago=minutes(1))
-    env = {**cli_env(), "INVIGILATOR_LOG_FORMAT": "text", "INVIGILATOR_LOG_LEVEL": "DEBUG"}
-    proc = subprocess.Popen(
-        cli_args(db_url, "sweep", "--interval", "3600"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    env = {"INVIGILATOR_LOG_FORMAT": "text", "INVIGILATOR_LOG_LEVEL": "DEBUG"}
+    proc = start_cli("sweep", "--interval", "3600", db_url=db_url, env=env)
     try:
         stderr = Lines(proc.stderr)
         line = stderr.wait_for(f"finalized {late}: completed/timer_expired")  # a DEBUG line

@@ -11,11 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbtools import TEST_POLICY, add_candidate, shift_session
 from invigilator.db import connector, migrate
 from invigilator.domain import InvalidInput, SessionEnded, SessionNotFound, Status
 from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.store import SessionStore
+from support.db import TEST_POLICY, add_candidate, shift_session
 
 
 async def test_batch_stamps_every_active_session_in_one_commit(
@@ -125,12 +125,15 @@ async def test_batch_works_on_a_uuid_keyed_host_table(empty_db_url: str) -> None
 
 
 class _CountingStore(SessionStore):
-    """The real store, counting the batches it writes."""
+    """The real store, counting the batches it writes; each write waits until `queued` is set,
+    so what queues during a write does not depend on how fast the machine is."""
 
     batches: list[int]
+    queued: asyncio.Event
 
     async def heartbeat_batch(self, beats: dict[str, bool], conn: Any = None) -> Any:
         self.batches.append(len(beats))
+        await self.queued.wait()
         return await super().heartbeat_batch(beats, conn)
 
 
@@ -140,9 +143,13 @@ async def test_linger_gathers_heartbeats_that_arrive_one_by_one(
 ) -> None:
     """Heartbeats that arrive in separate turns of the event loop: without a linger the first
     is written alone at once; with one, the idle writer waits for company (as many as its last
-    batch held, at least two), not for the whole linger (5 s here)."""
+    batch held, at least two), not for the whole linger (5 s here: had it waited, all five
+    would have been queued by then, one batch). The first batch is taken before any I/O; its
+    write is held until all five are queued, so the rest is the next batch on any machine.
+    (The timing itself, on a virtual clock: test_heartbeats_unit.py.)"""
     counting = _CountingStore(store.pool, store.policy)
     counting.batches = []
+    counting.queued = asyncio.Event()
     ids = [add_candidate(db) for _ in range(5)]
     for cid in ids:
         await store.start(cid)
@@ -152,6 +159,7 @@ async def test_linger_gathers_heartbeats_that_arrive_one_by_one(
         pending.append(asyncio.ensure_future(batcher.beat(cid)))
         for _ in range(3):  # let the writer run: it takes what is queued, or lingers
             await asyncio.sleep(0)
+    counting.queued.set()
     clocks = await asyncio.gather(*pending)
     assert {c.candidate_id for c in clocks} == set(ids)
     assert counting.batches == expected

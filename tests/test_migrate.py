@@ -3,9 +3,6 @@ from the guide's SQL, idempotency and concurrent upgrades."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -14,12 +11,14 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from dbtools import TEST_POLICY
 from invigilator import sql
 from invigilator.db import connector, migrate
 from invigilator.db.verify import verify
 from invigilator.domain import SchemaProblem
 from invigilator.store import SessionStore
+from support.cli import run_cli, start_cli
+from support.db import TEST_POLICY
+from support.waiting import wait_until
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ALL_VERSIONS = [m.version for m in sql.migrations()]
@@ -34,17 +33,6 @@ def failed_checks(url: str) -> list[str]:
         return [c.name for c in verify(conn) if not c.ok]
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invigilator", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-        check=False,
-    )
-
-
 def test_without_candidate_table_upgrade_stops_with_the_guides_advice(empty_db_url: str) -> None:
     with pytest.raises(SchemaProblem) as caught:
         migrate.upgrade(empty_db_url)
@@ -55,17 +43,17 @@ def test_without_candidate_table_upgrade_stops_with_the_guides_advice(empty_db_u
 
 
 def test_cli_upgrade_without_candidate_table_exits_1_in_plain_words(empty_db_url: str) -> None:
-    result = cli("db", "upgrade", "--database-url", empty_db_url)
+    result = run_cli("db", "upgrade", db_url=empty_db_url)
     assert result.returncode == 1
     assert 'relation "candidate" does not exist' in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_create_candidate_table_then_verify_passes(empty_db_url: str) -> None:
-    result = cli("db", "upgrade", "--database-url", empty_db_url, "--create-candidate-table")
+    result = run_cli("db", "upgrade", "--create-candidate-table", db_url=empty_db_url)
     assert result.returncode == 0, result.stderr
     assert "applied 0001_test_session" in result.stdout
-    verified = cli("db", "verify", "--database-url", empty_db_url)
+    verified = run_cli("db", "verify", db_url=empty_db_url)
     assert verified.returncode == 0, verified.stdout
     assert "all" in verified.stdout and "checks passed" in verified.stdout
 
@@ -82,7 +70,7 @@ def test_verify_fails_with_nonzero_exit_when_something_is_missing(empty_db_url: 
     with connect(empty_db_url) as conn:
         conn.execute("DROP INDEX idx_test_session_status")
         conn.execute("DROP TRIGGER test_session_updated_at ON test_session")
-    result = cli("db", "verify", "--database-url", empty_db_url)
+    result = run_cli("db", "verify", db_url=empty_db_url)
     assert result.returncode == 1
     assert failed_checks(empty_db_url) == [
         "index idx_test_session_status",
@@ -228,30 +216,22 @@ def test_adopts_a_seed_made_table_without_losing_a_row(empty_db_url: str) -> Non
     assert migrate.upgrade(empty_db_url) == []
 
 
-def _upgrade_in_subprocess(url: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "invigilator", "db", "upgrade", "--database-url", url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
 def test_two_processes_upgrading_at_once_are_safe(empty_db_url: str) -> None:
     with connect(empty_db_url) as conn:
         conn.execute("CREATE TABLE candidate (candidate_id varchar(36) PRIMARY KEY)")
         # Hold the migration lock so both processes are surely waiting at the same time.
         conn.execute("SELECT pg_advisory_lock(%s, %s)", migrate.LOCK_KEY)
-        procs = [_upgrade_in_subprocess(empty_db_url) for _ in range(2)]
-        waiting = 0
-        for _ in range(200):
-            waiting = conn.execute(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-            ).fetchone()[0]  # type: ignore[index]
-            if waiting == 2:
-                break
-            conn.execute("SELECT pg_sleep(0.05)")
-        assert waiting == 2
+        procs = [start_cli("db", "upgrade", db_url=empty_db_url) for _ in range(2)]
+        wait_until(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                ).fetchone()
+                == (2,)
+            ),
+            "both upgrades to wait for the migration lock",
+            within=10,
+        )
         conn.execute("SELECT pg_advisory_unlock(%s, %s)", migrate.LOCK_KEY)
     outputs = [p.communicate(timeout=120) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs

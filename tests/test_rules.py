@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbtools import TEST_POLICY, add_candidate, shift_session
 from invigilator.domain import Method, Status
 from invigilator.store import SessionStore
-from seed_guide import sql_blocks, statements
+from support.db import TEST_POLICY, add_candidate, shift_session
+from support.guide import sql_blocks, statements
 
 
 def test_every_method_leads_to_one_status_and_nothing_else_is_a_method(

@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from dbtools import add_candidate
 from invigilator.db import migrate
 from invigilator.db.verify import verify
-from schema_snapshot import snapshot
-from seed_guide import sql_blocks, statements
+from support.db import add_candidate
+from support.guide import sql_blocks, statements
+from support.schema import snapshot
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,6 @@
 """SessionStore against real PostgreSQL: each operation's contract, idempotency, concurrency,
-lazy expiry and the ending rules. Time moves by writing past timestamps."""
+lazy expiry on a write (the ending rules themselves: test_endings.py). Time moves by writing
+past timestamps."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from dbtools import add_candidate, shift_session
 from invigilator.domain import (
     CandidateNotFound,
     InvalidInput,
@@ -22,6 +22,7 @@ from invigilator.domain import (
     Status,
 )
 from invigilator.store import SessionStore
+from support.db import add_candidate, shift_session
 
 minutes = lambda n: timedelta(minutes=n)  # noqa: E731
 
@@ -262,10 +263,10 @@ async def test_extension_moves_the_deadline_and_is_logged(
         await store.extend(cid, 2000)
 
 
-# --- the ending rules (lazy expiry and the sweeper's query) --------------------------------
+# --- lazy expiry on a write, resume, the sweeper's batch (the endings: test_endings.py) -----
 
 
-async def test_lazy_expiry_ends_an_overdue_session_at_its_deadline(
+async def test_a_write_after_the_deadline_is_refused_and_ends_the_session_at_its_deadline(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
     cid = add_candidate(db)
@@ -278,83 +279,6 @@ async def test_lazy_expiry_ends_an_overdue_session_at_its_deadline(
     assert (session.status, session.completion_method) == ("completed", "timer_expired")
     assert session.completed_at == session.deadline
     assert session.pending_answers == {"q1": "before the bell"}
-
-
-async def test_extension_is_honoured_by_expiry(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid, duration_minutes=60)
-    await store.extend(cid, 10)
-    shift_session(db, cid, test_start_time=minutes(65), last_heartbeat=minutes(1))
-    assert (await store.heartbeat(cid)).status is Status.ACTIVE
-    shift_session(db, cid, test_start_time=minutes(71), last_heartbeat=minutes(1))
-    session = await store.get(cid)
-    assert session.completion_method is Method.TIMER_EXPIRED
-    assert session.completed_at == session.test_start_time + minutes(70)
-
-
-async def test_silence_with_time_left_is_abandonment(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid, duration_minutes=60)
-    shift_session(db, cid, test_start_time=minutes(20), last_heartbeat=minutes(6))
-    session = await store.get(cid)
-    assert (session.status, session.completion_method) == ("abandoned", "heartbeat_timeout")
-    assert session.completed_at == session.last_heartbeat + minutes(5)
-
-
-async def test_silence_noticed_after_the_deadline_is_still_abandonment(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid, duration_minutes=60)
-    shift_session(db, cid, test_start_time=minutes(90), last_heartbeat=minutes(80))
-    session = await store.get(cid)
-    assert session.completion_method is Method.HEARTBEAT_TIMEOUT
-    assert session.completed_at == session.last_heartbeat + minutes(5)
-
-
-async def test_silence_from_the_start_counts_when_no_heartbeat_ever_came(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid)
-    shift_session(db, cid, test_start_time=minutes(6))
-    session = await store.get(cid)
-    assert session.completion_method is Method.HEARTBEAT_TIMEOUT
-    assert session.completed_at == session.test_start_time + minutes(5)
-
-
-async def test_tab_close_then_silence_submits_after_the_grace(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid)
-    await store.heartbeat(cid)
-    await store.tab_close(cid)
-    assert (await store.get(cid)).status is Status.ACTIVE  # within the grace
-    shift_session(
-        db, cid, tab_closed_at=timedelta(seconds=61), last_heartbeat=timedelta(seconds=70)
-    )
-    session = await store.get(cid)
-    assert (session.status, session.completion_method) == ("completed", "tab_close")
-    assert session.completed_at == session.last_heartbeat + timedelta(seconds=9)
-
-
-async def test_tab_close_then_reload_keeps_the_session_and_logs_resumed(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid)
-    await store.heartbeat(cid)
-    await store.tab_close(cid)
-    shift_session(db, cid, tab_closed_at=timedelta(seconds=20))
-    session = await store.heartbeat(cid)  # the reloaded page's first heartbeat
-    assert session.status is Status.ACTIVE and session.tab_closed_at is None
-    resumed = [e for e in await store.events(cid) if e.type == "resumed"]
-    assert len(resumed) == 1 and resumed[0].detail["after_tab_close"] is True
 
 
 async def test_a_long_gap_between_heartbeats_logs_resumed_with_its_length(

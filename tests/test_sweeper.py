@@ -1,6 +1,8 @@
-"""The sweeper against real PostgreSQL: the ending rules as the sweeper applies them, batches,
-the run loop (stop between batches, a database that goes away), many sweepers at once, a sweeper
-killed mid-batch, and EXPLAIN proof that a pass costs what is live, not what the table holds.
+"""The sweeper against real PostgreSQL: batches, the run loop (stop between batches, a database
+that goes away), many sweepers at once, a sweeper killed mid-batch, and EXPLAIN proof that a
+pass costs what is live, not what the table holds. What it ends and what it leaves alone is
+in test_endings.py, run both through the sweeper and through lazy expiry; its control flow
+without a database in test_sweeper_unit.py.
 
 Time moves by writing past timestamps. Where a test must catch a sweeper inside a transaction, a
 trigger in the test's own database makes the sweeper wait on an advisory lock the test holds.
@@ -14,203 +16,39 @@ import json
 import logging
 import signal
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 import pytest
 
-from dbtools import TEST_POLICY, add_candidate, sessions_of, shift_session
 from invigilator import sql
 from invigilator.config import Settings
 from invigilator.db import connector
-from invigilator.domain import Ended, Method, Status, TabClosePolicy
+from invigilator.domain import Ended, Method
 from invigilator.store import SessionStore
 from invigilator.sweeper import Sweeper, sweep_once
-from sweeptools import (
-    TERMINAL,
+from support.cli import run_cli, start_cli
+from support.db import TEST_POLICY, add_candidate, sessions_of, shift_session
+from support.sweeps import (
     TRIPWIRE_LOCK,
     add_ended_sessions,
     add_sessions,
-    await_until,
     backend_alive,
     backends_waiting,
     inconsistencies,
     install_tripwire,
     remove_tripwire,
-    run_cli,
-    start_cli,
     statuses,
     swept_lines,
     terminal_event_count,
-    wait_until,
 )
+from support.waiting import eventually, wait_until
 
 minutes = lambda n: timedelta(minutes=n)  # noqa: E731
 seconds = lambda n: timedelta(seconds=n)  # noqa: E731
 
 QUERIES = sql.queries()
-
-
-# --- the ending rules, applied by the sweeper ----------------------------------------------
-
-
-async def test_deadline_expiry_ends_at_the_deadline_and_keeps_answers(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid, duration_minutes=60)
-    await store.heartbeat(cid)
-    await store.save_answers(cid, {"q1": "before the bell"}, seq=1)
-    assert await sweep_once(sessions_of(store), batch_size=500) == []  # nothing due yet
-    shift_session(db, cid, test_start_time=minutes(61), last_heartbeat=minutes(1))
-    (ended,) = await sweep_once(sessions_of(store), batch_size=500)
-    session = await store.get(cid)
-    assert ended == Ended(cid, Status.COMPLETED, Method.TIMER_EXPIRED, session.deadline)
-    assert (session.status, session.completion_method) == ("completed", "timer_expired")
-    assert session.completed_at == session.deadline  # not when the sweeper noticed
-    assert session.pending_answers == {"q1": "before the bell"}
-    (event,) = [e for e in await store.events(cid) if e.type in TERMINAL]
-    assert (event.type, event.actor, event.detail["method"]) == (
-        "completed",
-        "sweeper",
-        "timer_expired",
-    )
-    assert await sweep_once(sessions_of(store), batch_size=500) == []  # ended once, never again
-
-
-async def test_the_sweeper_honours_an_extension(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid, duration_minutes=60)
-    await store.extend(cid, 10, actor="staff:ops", reason="fire alarm")
-    shift_session(db, cid, test_start_time=minutes(65), last_heartbeat=minutes(1))
-    assert (
-        await sweep_once(sessions_of(store), batch_size=500) == []
-    )  # past the original deadline, within the extension
-    shift_session(db, cid, test_start_time=minutes(71), last_heartbeat=minutes(1))
-    (ended,) = await sweep_once(sessions_of(store), batch_size=500)
-    session = await store.get(cid)
-    assert ended.completion_method is Method.TIMER_EXPIRED
-    assert ended.completed_at == session.test_start_time + minutes(70) == session.deadline
-
-
-async def test_deadline_grace_delays_the_end_but_not_completed_at(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    graceful = SessionStore(store.pool, replace(TEST_POLICY, deadline_grace=minutes(2)))
-    cid = add_candidate(db)
-    await graceful.start(cid, duration_minutes=60)
-    shift_session(db, cid, test_start_time=minutes(61), last_heartbeat=minutes(1))
-    assert (
-        await sweep_once(sessions_of(graceful), batch_size=500) == []
-    )  # a save in flight may still land
-    shift_session(db, cid, test_start_time=minutes(63), last_heartbeat=minutes(3))
-    (ended,) = await sweep_once(sessions_of(graceful), batch_size=500)
-    assert ended.completion_method is Method.TIMER_EXPIRED
-    assert ended.completed_at == (await graceful.get(cid)).deadline
-
-
-@pytest.mark.parametrize(
-    ("started", "heartbeat", "moment"),
-    [
-        (minutes(20), minutes(6), "last_heartbeat"),  # silent with time left
-        (minutes(6), None, "test_start_time"),  # never sent a heartbeat: counts from start
-        (minutes(90), minutes(80), "last_heartbeat"),  # silent, noticed after the deadline
-    ],
-    ids=["silent", "never-beat", "noticed-late"],
-)
-async def test_silence_is_abandonment_from_the_last_sign_of_life(
-    store: SessionStore,
-    db: psycopg.Connection[Any],
-    started: timedelta,
-    heartbeat: timedelta | None,
-    moment: str,
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid, duration_minutes=60)
-    if heartbeat is not None:
-        await store.heartbeat(cid)
-        shift_session(db, cid, test_start_time=started, last_heartbeat=heartbeat)
-    else:
-        shift_session(db, cid, test_start_time=started)
-    (ended,) = await sweep_once(sessions_of(store), batch_size=500)
-    session = await store.get(cid)
-    assert (ended.status, ended.completion_method) == ("abandoned", "heartbeat_timeout")
-    assert ended.completed_at == getattr(session, moment) + minutes(5) == session.completed_at
-    assert [e.type for e in await store.events(cid) if e.type in TERMINAL] == ["abandoned"]
-
-
-async def test_tab_close_then_silence_submits_at_the_moment_the_tab_closed(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid)
-    await store.heartbeat(cid)
-    closed = await store.tab_close(cid)
-    assert (
-        await sweep_once(sessions_of(store), batch_size=500) == []
-    )  # within the tab-close grace: a reload may come
-    shift_session(db, cid, tab_closed_at=seconds(61), last_heartbeat=seconds(70))
-    (ended,) = await sweep_once(sessions_of(store), batch_size=500)
-    session = await store.get(cid)
-    assert (ended.status, ended.completion_method) == ("completed", "tab_close")
-    assert closed.tab_closed_at is not None
-    assert ended.completed_at == session.last_heartbeat + seconds(9)  # = when the tab closed
-    assert session.completed_at == ended.completed_at and session.tab_closed_at is None
-
-
-async def test_tab_close_then_silence_under_ignore_is_left_to_the_abandon_rule(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    ignoring = SessionStore(
-        store.pool, replace(TEST_POLICY, tab_close_policy=TabClosePolicy.IGNORE)
-    )
-    cid = add_candidate(db)
-    await ignoring.start(cid)
-    await ignoring.heartbeat(cid)
-    await ignoring.tab_close(cid)
-    shift_session(db, cid, tab_closed_at=seconds(61), last_heartbeat=seconds(70))
-    assert (
-        await sweep_once(sessions_of(ignoring), batch_size=500) == []
-    )  # past the tab-close grace, but policy is ignore
-    shift_session(db, cid, tab_closed_at=seconds(350), last_heartbeat=seconds(360))
-    (ended,) = await sweep_once(sessions_of(ignoring), batch_size=500)
-    session = await ignoring.get(cid)
-    assert (ended.status, ended.completion_method) == ("abandoned", "heartbeat_timeout")
-    assert ended.completed_at == session.last_heartbeat + minutes(5)
-
-
-async def test_a_reload_within_the_grace_keeps_the_session_from_the_sweeper(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid)
-    await store.heartbeat(cid)
-    await store.tab_close(cid)
-    shift_session(db, cid, tab_closed_at=seconds(20))
-    await store.heartbeat(cid)  # the reloaded page
-    shift_session(db, cid, last_heartbeat=seconds(30))
-    assert await sweep_once(sessions_of(store), batch_size=500) == []
-    assert (await store.get(cid)).status is Status.ACTIVE
-
-
-async def test_sessions_that_ended_otherwise_are_left_alone(
-    store: SessionStore, db: psycopg.Connection[Any]
-) -> None:
-    cid = add_candidate(db)
-    await store.start(cid)
-    submitted, _ = await store.complete(cid)
-    shift_session(db, cid, test_start_time=minutes(120))  # long past any deadline
-    assert await sweep_once(sessions_of(store), batch_size=500) == []
-    after = await store.get(cid)
-    assert (after.completion_method, after.completed_at) == (
-        Method.MANUAL,
-        submitted.completed_at,
-    )
-    assert [e.type for e in await store.events(cid)] == ["started", "completed"]
 
 
 # --- batches and the run loop --------------------------------------------------------------
@@ -242,9 +80,9 @@ async def test_run_sweeps_each_tick_logs_counts_by_method_and_stops_on_request(
     sweeper = Sweeper(sessions_of(store), interval=0.05, batch_size=500)
     stop = asyncio.Event()
     task = asyncio.create_task(sweeper.run(stop))
-    await await_until(lambda: sum(sweeper.finalized.values()) == 3, "the first pass")
+    await eventually(lambda: sum(sweeper.finalized.values()) == 3, "the first pass")
     shift_session(db, cid, test_start_time=minutes(61), last_heartbeat=minutes(1))  # later tick
-    await await_until(lambda: sum(sweeper.finalized.values()) == 4, "a later pass")
+    await eventually(lambda: sum(sweeper.finalized.values()) == 4, "a later pass")
     stop.set()
     await asyncio.wait_for(task, timeout=30)
     assert sweeper.finalized == {Method.TIMER_EXPIRED: 3, Method.HEARTBEAT_TIMEOUT: 1}
@@ -266,7 +104,7 @@ async def test_run_stops_between_batches_never_inside_one(
     sweeper = Sweeper(sessions_of(store), interval=0.05, batch_size=10)
     stop = asyncio.Event()
     task = asyncio.create_task(sweeper.run(stop))
-    await await_until(lambda: backends_waiting(db, "advisory"), "the sweeper inside its batch")
+    await eventually(lambda: backends_waiting(db, "advisory"), "the sweeper inside its batch")
     stop.set()  # asked to stop while a batch is in flight
     db.execute("SELECT pg_advisory_unlock(%s)", (TRIPWIRE_LOCK,))
     await asyncio.wait_for(task, timeout=30)
@@ -287,16 +125,16 @@ async def test_run_survives_losing_the_database_mid_batch(
     stop = asyncio.Event()
     task = asyncio.create_task(sweeper.run(stop))
     try:
-        (pid,) = await await_until(
+        (pid,) = await eventually(
             lambda: backends_waiting(db, "advisory"), "the sweeper inside its batch"
         )
         # The connection dies under the batch (a restart, a failover, a network cut).
         db.execute("SELECT pg_terminate_backend(%s)", (pid,))
-        await await_until(lambda: sweeper.failures == 1, "the pass to fail")
+        await eventually(lambda: sweeper.failures == 1, "the pass to fail")
         assert not task.done()  # it lives on
         assert set(statuses(db, due).values()) == {("active", None)}  # nothing half-done
         db.execute("SELECT pg_advisory_unlock(%s)", (TRIPWIRE_LOCK,))
-        await await_until(lambda: sweeper.finalized.total() == 3, "a later pass to sweep")
+        await eventually(lambda: sweeper.finalized.total() == 3, "a later pass to sweep")
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=30)
@@ -310,13 +148,6 @@ async def test_run_survives_losing_the_database_mid_batch(
     ]
     assert set(statuses(db, due).values()) == {("completed", "timer_expired")}
     assert inconsistencies(db) == []
-
-
-def test_sweeper_refuses_nonsense_settings(store: SessionStore) -> None:
-    with pytest.raises(ValueError, match="interval"):
-        Sweeper(sessions_of(store), interval=0, batch_size=500)
-    with pytest.raises(ValueError, match="batch_size"):
-        Sweeper(sessions_of(store), interval=5, batch_size=0)
 
 
 # --- many sweepers, and one killed mid-batch ------------------------------------------------
@@ -346,7 +177,7 @@ async def test_four_sweeper_processes_and_two_in_process_end_each_due_session_on
     # A barrier: every sweeper blocks on its first batch until all six are waiting.
     barrier = psycopg.connect(db_url)
     barrier.execute("LOCK TABLE test_session IN EXCLUSIVE MODE")
-    procs = [start_cli(db_url, "sweep", "--once", "--batch-size", "100") for _ in range(4)]
+    procs = [start_cli("sweep", "--once", "--batch-size", "100", db_url=db_url) for _ in range(4)]
     pools = [
         connector.pool_for(db_url, Settings(statement_timeout_ms=60_000), min_size=1, max_size=1)
         for _ in range(2)
@@ -360,7 +191,7 @@ async def test_four_sweeper_processes_and_two_in_process_end_each_due_session_on
             )
             for pool in pools
         ]
-        await await_until(
+        await eventually(
             lambda: len(backends_waiting(db, "relation")) == 6, "six sweepers at the barrier"
         )
         barrier.commit()
@@ -413,7 +244,7 @@ def test_a_sweeper_killed_mid_batch_leaves_nothing_half_done(
     )
     install_tripwire(db, due[249])
     db.execute("SELECT pg_advisory_lock(%s)", (TRIPWIRE_LOCK,))
-    proc = start_cli(db_url, "sweep", "--once", "--batch-size", "200")
+    proc = start_cli("sweep", "--once", "--batch-size", "200", db_url=db_url)
     try:
         (pid,) = wait_until(lambda: backends_waiting(db, "advisory"), "the second batch")
         # Inside the second batch: the first is committed, none of the second is visible.
@@ -438,7 +269,7 @@ def test_a_sweeper_killed_mid_batch_leaves_nothing_half_done(
     # What it printed before dying is exactly what it had committed.
     assert sorted(cid for cid, *_ in swept_lines(stdout)) == due[:200]
 
-    rerun = run_cli(db_url, "sweep", "--once", "--batch-size", "200")
+    rerun = run_cli("sweep", "--once", "--batch-size", "200", db_url=db_url)
     assert rerun.returncode == 0, rerun.stderr
     assert sorted(cid for cid, *_ in swept_lines(rerun.stdout)) == due[200:]
     assert rerun.stdout.rstrip().splitlines()[-1] == "finalized 300 session(s): timer_expired=300"

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from apitools import Api, assert_problem
 from invigilator import analytics
 from invigilator.store import SessionStore
+from support.api import Api, assert_problem
 
 
 async def test_summary_has_the_documented_keys_and_matches_the_module(

@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from apitools import SECRET, STAFF_KEY, Api, assert_problem
 from invigilator.api import tokens
+from support.api import SECRET, STAFF_KEY, Api, assert_problem
 
 CANDIDATE_ROUTES = [
     ("GET", "state", None),
@@ -83,7 +83,7 @@ async def test_staff_routes_refuse_candidate_tokens_and_wrong_keys(
 
 
 async def test_every_configured_staff_key_works(api: Api) -> None:
-    from apitools import OTHER_STAFF_KEY
+    from support.api import OTHER_STAFF_KEY
 
     for key in (STAFF_KEY, OTHER_STAFF_KEY):
         response = await api.client.get(

@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from apitools import Api, assert_problem
-from dbtools import shift_session
+from support.api import Api, assert_problem
+from support.db import shift_session
 
 
 async def test_state_has_everything_needed_to_resume(api: Api) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from apitools import Api, assert_problem
+from support.api import Api, assert_problem
 
 
 def snapshot(db: psycopg.Connection[Any]) -> list[Any]:

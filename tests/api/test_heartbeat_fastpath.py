@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from apitools import Api, assert_problem
 from invigilator.api.app import create_app  # noqa: F401  (the app under test is in `api`)
+from support.api import Api, assert_problem
 
 
 async def test_ordinary_heartbeat_answer_has_the_routes_shape(

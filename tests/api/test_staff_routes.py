@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 
-from apitools import Api, assert_problem
-from dbtools import add_candidate, shift_session
+from support.api import Api, assert_problem
+from support.db import add_candidate, shift_session
 
 
 async def test_start_returns_201_with_clock_and_token(api: Api) -> None:

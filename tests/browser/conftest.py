@@ -12,11 +12,10 @@ import os
 import shutil
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psycopg
@@ -28,6 +27,7 @@ from pydantic import SecretStr
 
 from invigilator.api.app import create_app
 from invigilator.config import Settings
+from support.waiting import wait_until
 
 STAFF_KEY = "browser-tests-staff-key-0123456789"
 SECRET = "browser-tests-secret-key-0123456789abcdef"
@@ -44,20 +44,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-
-T = TypeVar("T")
-
-
-def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.05) -> T:
-    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s (last value: {value!r})")
-        time.sleep(interval)
 
 
 @dataclass
@@ -127,7 +113,7 @@ def serving(db_url: str, settings: Settings) -> Iterator[LiveServer]:
     )
     thread.start()
     try:
-        wait_until(lambda: server.started or not thread.is_alive(), timeout=15)
+        wait_until(lambda: server.started or not thread.is_alive(), "uvicorn to start", within=15)
         assert server.started, "the server did not start"
         yield LiveServer(f"http://127.0.0.1:{port}", db_url)
     finally:

@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
-from browser.conftest import LiveServer, wait_until
+from browser.conftest import LiveServer
+from support.waiting import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -139,7 +140,7 @@ def test_answer_typed_offline_is_committed_when_the_network_returns(
     page.screenshot(path=str(artifacts / "demo-offline.png"))
 
     page.unroute("**/api/**")
-    wait_until(lambda: answers(live_server, candidate_id).get("writing-1") == text, timeout=15)
+    wait_until(lambda: answers(live_server, candidate_id).get("writing-1") == text, within=15)
     expect(page.locator("#connection")).to_have_attribute("data-online", "true")
     expect(page.locator("#saved")).to_have_text("All answers saved")
     stored = page.evaluate("id => localStorage.getItem('invigilator:v1:' + id)", candidate_id)

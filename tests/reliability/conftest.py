@@ -1,18 +1,16 @@
-"""Fixtures of the reliability tests. Helpers live in faults.py (a plain module)."""
+"""Fixtures of the reliability tests (`api` and `api_with` are the suite's, in
+tests/conftest.py). Helpers live in faults.py (a plain module)."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from faults import PrivatePostgres, in_process_api
+from faults import PrivatePostgres
 
-from apitools import Api, make_settings
 from invigilator.db import migrate
 
 
@@ -34,21 +32,3 @@ def private_pg() -> Iterator[PrivatePostgres]:
             pg.close()
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-@pytest.fixture
-async def api(db_url: str) -> AsyncIterator[Api]:
-    async with in_process_api(db_url, make_settings()) as value:
-        yield value
-
-
-@pytest.fixture
-def api_with(db_url: str) -> Any:
-    """`async with api_with(rate_limit_ip_burst=5) as api:` for a test that changes settings."""
-
-    @contextlib.asynccontextmanager
-    async def factory(client_ip: str = "127.0.0.1", **overrides: Any) -> AsyncIterator[Api]:
-        async with in_process_api(db_url, make_settings(**overrides), client_ip) as value:
-            yield value
-
-    return factory

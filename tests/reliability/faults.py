@@ -10,21 +10,19 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from apitools import SECRET, STAFF_KEY, Api
-from invigilator.api.app import create_app
-from invigilator.config import Settings
 from invigilator.db.embedded import start_embedded
+from support.api import SECRET, STAFF_KEY
+from support.ports import free_port
+from support.waiting import wait_for_http
 
 # --- a private PostgreSQL (never the shared test server) -----------------------------------
 
@@ -66,13 +64,6 @@ class PrivatePostgres:
 
 
 # --- the API in a process of its own -------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class ApiProcess:
@@ -117,15 +108,9 @@ class ApiProcess:
                 stderr=subprocess.STDOUT,
             )
         self.starts += 1
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the API exited at start: {self.log_path.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(f"the API did not become ready: {self.log_path.read_text()}")
+        wait_for_http(
+            f"{self.base_url}/readyz", self.proc, within=timeout, output=self.log_path.read_text
+        )
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no lifespan exit, no flush: what a crash or an OOM kill does."""
@@ -193,6 +178,20 @@ class Candidate:
         return response
 
 
+async def start_candidates(client: httpx.AsyncClient, prefix: str, n: int) -> list[Candidate]:
+    """`n` sessions started over the staff API (each a new one: 201), `{prefix}-0`…"""
+    candidates = []
+    for i in range(n):
+        response = await client.post(
+            "/api/v1/sessions",
+            json={"candidate_id": f"{prefix}-{i}", "create_candidate": True},
+            headers={"Authorization": f"Bearer {STAFF_KEY}"},
+        )
+        assert response.status_code == 201, response.text
+        candidates.append(Candidate(f"{prefix}-{i}", response.json()["token"]))
+    return candidates
+
+
 def lost_answers(candidate: Candidate, pending_answers: dict[str, Any]) -> list[int]:
     """The acknowledged saves whose answer is not stored exactly as sent."""
     return [
@@ -236,20 +235,3 @@ def running(api: ApiProcess) -> Iterator[ApiProcess]:
         yield api
     finally:
         api.stop()
-
-
-# --- the API in-process ---------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def in_process_api(
-    database_url: str, settings: Settings, client_ip: str = "127.0.0.1"
-) -> AsyncIterator[Api]:
-    """The app with its lifespan (pool, store) on `database_url`, driven through httpx."""
-    app = create_app(settings, database_url=database_url)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://testserver", timeout=30
-        ) as client:
-            yield Api(client)

@@ -13,8 +13,8 @@ from typing import Any
 import psycopg
 from faults import report
 
-from apitools import Api
 from invigilator.store import SessionStore
+from support.api import Api
 
 
 def row(db: psycopg.Connection[Any], candidate_id: str) -> tuple[Any, ...]:

@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 from faults import report
 
-from apitools import Api
+from support.api import Api
 
 
 async def test_two_tabs_saving_concurrently_lose_nothing(

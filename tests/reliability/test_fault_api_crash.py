@@ -12,10 +12,8 @@ from typing import Any
 
 import httpx
 import psycopg
-from faults import ApiProcess, Candidate, half_written, lost_answers, report
+from faults import ApiProcess, Candidate, half_written, lost_answers, report, start_candidates
 from psycopg.rows import dict_row
-
-from apitools import STAFF_KEY
 
 CANDIDATES = 8
 KILLS = 3
@@ -78,15 +76,7 @@ async def test_api_killed_during_answer_saves(db_url: str, tmp_path: Path) -> No
     }
     try:
         async with httpx.AsyncClient(base_url=api.base_url, timeout=10) as client:
-            candidates = []
-            for i in range(CANDIDATES):
-                response = await client.post(
-                    "/api/v1/sessions",
-                    json={"candidate_id": f"crash-{i}", "create_candidate": True},
-                    headers={"Authorization": f"Bearer {STAFF_KEY}"},
-                )
-                assert response.status_code == 201, response.text
-                candidates.append(Candidate(f"crash-{i}", response.json()["token"]))
+            candidates = await start_candidates(client, "crash", CANDIDATES)
 
             for _cycle in range(KILLS):
                 cycle = Cycle(api, totals)

@@ -14,10 +14,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from faults import Candidate, PrivatePostgres, half_written, lost_answers, report
+from faults import (
+    Candidate,
+    PrivatePostgres,
+    half_written,
+    lost_answers,
+    report,
+    start_candidates,
+)
 
-from apitools import STAFF_KEY, make_settings
-from invigilator.api.app import create_app
+from support.api import STAFF_KEY, in_process_api, make_settings
 
 CONNECT_TIMEOUT = 2.0  # INVIGILATOR_DB_CONNECT_TIMEOUT_SECONDS for this test
 SLACK = 3.0  # scheduling slack on a loaded 2-core machine; a hang would be far longer
@@ -28,82 +34,70 @@ async def test_database_restart_under_load(private_pg: PrivatePostgres) -> None:
     settings = make_settings(
         db_connect_timeout_seconds=CONNECT_TIMEOUT, pool_min_size=2, pool_max_size=4
     )
-    app = create_app(settings, database_url=private_pg.url)
     outcomes: list[tuple[str, int, float, str]] = []  # (phase, status, seconds, code)
     phase = "before"
     stop = asyncio.Event()
 
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://test", timeout=30
-        ) as client:
-            candidates = []
-            for i in range(CANDIDATES):
-                response = await client.post(
-                    "/api/v1/sessions",
-                    json={"candidate_id": f"db-restart-{i}", "create_candidate": True},
-                    headers={"Authorization": f"Bearer {STAFF_KEY}"},
-                )
-                assert response.status_code == 201, response.text
-                candidates.append(Candidate(f"db-restart-{i}", response.json()["token"]))
+    async with in_process_api(private_pg.url, settings) as api:
+        client = api.client
+        candidates = await start_candidates(client, "db-restart", CANDIDATES)
 
-            async def candidate_loop(candidate: Candidate) -> None:
-                while not stop.is_set():
-                    seq = candidate.next_seq
-                    candidate.next_seq += 1
-                    started = time.monotonic()
-                    response = await candidate.save(client, seq)
-                    assert response is not None  # in-process: there is always an answer
-                    elapsed = time.monotonic() - started
-                    code = ""
-                    if response.status_code >= 300:
-                        assert response.headers["content-type"].startswith(
-                            "application/problem+json"
-                        ), response.text
-                        code = response.json()["code"]
-                        assert response.headers.get("retry-after"), response.headers
-                    outcomes.append((phase, response.status_code, elapsed, code))
-                    await asyncio.sleep(0.01)
+        async def candidate_loop(candidate: Candidate) -> None:
+            while not stop.is_set():
+                seq = candidate.next_seq
+                candidate.next_seq += 1
+                started = time.monotonic()
+                response = await candidate.save(client, seq)
+                assert response is not None  # in-process: there is always an answer
+                elapsed = time.monotonic() - started
+                code = ""
+                if response.status_code >= 300:
+                    assert response.headers["content-type"].startswith(
+                        "application/problem+json"
+                    ), response.text
+                    code = response.json()["code"]
+                    assert response.headers.get("retry-after"), response.headers
+                outcomes.append((phase, response.status_code, elapsed, code))
+                await asyncio.sleep(0.01)
 
-            loops = [asyncio.create_task(candidate_loop(c)) for c in candidates]
-            try:
-                await asyncio.sleep(0.7)
-                phase = "outage"
-                await asyncio.to_thread(private_pg.stop)
-                ready = await client.get("/readyz")
-                assert ready.status_code == 503
-                assert ready.json()["code"] == "database_unavailable"
-                await asyncio.sleep(2 * CONNECT_TIMEOUT + 0.5)
-                await asyncio.to_thread(private_pg.start)
-                phase = "after"
-                restarted = time.monotonic()
-                # The pool must recover by itself: wait (bounded) for 30 successes in a row.
-                while time.monotonic() - restarted < 20:
-                    tail = [o for o in outcomes if o[0] == "after"][-30:]
-                    if len(tail) == 30 and all(o[1] == 200 for o in tail):
-                        break
-                    await asyncio.sleep(0.05)
-                recovered_after = time.monotonic() - restarted
-            finally:
-                stop.set()
-                await asyncio.gather(*loops)
+        loops = [asyncio.create_task(candidate_loop(c)) for c in candidates]
+        try:
+            await asyncio.sleep(0.7)
+            phase = "outage"
+            await asyncio.to_thread(private_pg.stop)
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["code"] == "database_unavailable"
+            await asyncio.sleep(2 * CONNECT_TIMEOUT + 0.5)
+            await asyncio.to_thread(private_pg.start)
+            phase = "after"
+            restarted = time.monotonic()
+            # The pool must recover by itself: wait (bounded) for 30 successes in a row.
+            while time.monotonic() - restarted < 20:
+                tail = [o for o in outcomes if o[0] == "after"][-30:]
+                if len(tail) == 30 and all(o[1] == 200 for o in tail):
+                    break
+                await asyncio.sleep(0.05)
+            recovered_after = time.monotonic() - restarted
+        finally:
+            stop.set()
+            await asyncio.gather(*loops)
 
-            assert (await client.get("/readyz")).status_code == 200
-            # A client retries what was not acknowledged, with the same seq (idempotent).
-            retried = 0
-            for candidate in candidates:
-                for seq in sorted(candidate.unacknowledged):
-                    response = await candidate.save(client, seq)
-                    retried += 1
-                    assert response is not None and response.status_code == 200
-            states: dict[str, dict[str, Any]] = {}
-            for candidate in candidates:
-                response = await client.get(
-                    f"/api/v1/sessions/{candidate.candidate_id}/state",
-                    headers={"Authorization": f"Bearer {STAFF_KEY}"},
-                )
-                states[candidate.candidate_id] = response.json()
+        assert (await client.get("/readyz")).status_code == 200
+        # A client retries what was not acknowledged, with the same seq (idempotent).
+        retried = 0
+        for candidate in candidates:
+            for seq in sorted(candidate.unacknowledged):
+                response = await candidate.save(client, seq)
+                retried += 1
+                assert response is not None and response.status_code == 200
+        states: dict[str, dict[str, Any]] = {}
+        for candidate in candidates:
+            response = await client.get(
+                f"/api/v1/sessions/{candidate.candidate_id}/state",
+                headers={"Authorization": f"Bearer {STAFF_KEY}"},
+            )
+            states[candidate.candidate_id] = response.json()
 
     statuses = Counter((o[0], o[1]) for o in outcomes)
     codes = Counter(o[3] for o in outcomes if o[3])
@@ -226,14 +220,11 @@ async def _started(
     private_pg: PrivatePostgres, settings: Any, candidate_id: str
 ) -> AsyncIterator[tuple[Any, httpx.AsyncClient, str]]:
     """An app on the private server, a client for it, and a started session's token."""
-    app = create_app(settings, database_url=private_pg.url)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            response = await client.post(
-                "/api/v1/sessions",
-                json={"candidate_id": candidate_id, "create_candidate": True},
-                headers={"Authorization": f"Bearer {STAFF_KEY}"},
-            )
-            assert response.status_code == 201, response.text
-            yield app, client, response.json()["token"]
+    async with in_process_api(private_pg.url, settings) as api:
+        response = await api.client.post(
+            "/api/v1/sessions",
+            json={"candidate_id": candidate_id, "create_candidate": True},
+            headers=api.staff,
+        )
+        assert response.status_code == 201, response.text
+        yield api.app, api.client, response.json()["token"]

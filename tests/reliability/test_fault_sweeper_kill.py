@@ -7,15 +7,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import time
 from datetime import timedelta
 from typing import Any
 
 import psycopg
 from faults import report
 
-from dbtools import add_candidate, shift_session
 from invigilator.store import SessionStore
+from support.db import add_candidate, shift_session
+from support.waiting import eventually
 
 SESSIONS = 40
 
@@ -68,12 +68,16 @@ async def test_a_sweeper_killed_mid_batch_leaves_nothing_half_done(
         if sweeper.returncode is None:
             sweeper.kill()
             await sweeper.wait()
-    deadline = time.monotonic() + 10  # the server notices the dead client and rolls back
-    while db.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'killed-sweeper'"
-    ).fetchone() != (0,):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await eventually(  # the server notices the dead client and rolls back
+        lambda: (
+            db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'killed-sweeper'"
+            ).fetchone()
+            == (0,)
+        ),
+        "the killed sweeper's backend to go",
+        within=10,
+    )
 
     assert _counts(db) == (SESSIONS, 0, 0)  # nothing half-finalized: all still active
     ended = await store.finalize_due(500)  # the next pass

@@ -25,10 +25,10 @@ from schemathesis import GenerationMode
 from schemathesis.python import asgi as schemathesis_asgi
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from apitools import STAFF_KEY, Api, assert_problem, make_settings
 from invigilator.api.app import create_app
 from invigilator.db.connector import translate_errors
 from invigilator.domain import InvalidInput
+from support.api import STAFF_KEY, Api, assert_problem, make_settings
 
 EXAMPLES_PER_OPERATION = 15  # per generation mode (valid, invalid): ~600 requests in all
 CANDIDATE = "fuzz-alice"

@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from psycopg.rows import dict_row
 
-from dbtools import add_candidate
 from invigilator.domain import (
     InvalidInput,
     Method,
@@ -30,6 +29,7 @@ from invigilator.domain import (
     Status,
 )
 from invigilator.store import SessionStore
+from support.db import add_candidate
 
 CID = "prop-candidate"
 QUESTIONS = ["q1", "q2", "q3", "q4"]

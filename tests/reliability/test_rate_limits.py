@@ -9,10 +9,10 @@ import httpx
 import psycopg
 import pytest
 
-from apitools import STAFF_KEY, Api, assert_problem, make_settings
 from invigilator.api.app import create_app
 from invigilator.api.ratelimit import TokenBuckets, candidate_call
 from invigilator.config import Settings
+from support.api import STAFF_KEY, Api, assert_problem, make_settings
 
 
 def test_a_bucket_allows_its_burst_then_its_rate() -> None:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import stat
 import subprocess
-import sys
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,16 +19,15 @@ import httpx
 import psycopg
 import pytest
 from fastapi.routing import APIRoute
-from faults import in_process_api
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
-from apitools import STAFF_KEY, Api, assert_problem, make_settings
 from invigilator.api import deps
-from invigilator.api.app import create_app
 from invigilator.api.headers import PAGE_CSP
 from invigilator.config import Settings
 from invigilator.secrets_file import load_or_create
+from support.api import STAFF_KEY, Api, assert_problem, in_process_api, make_settings
+from support.cli import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "Pw-" + uuid.uuid4().hex  # made at run time: never in the repository
@@ -47,17 +44,6 @@ def with_password(url: str, password: str = PASSWORD) -> str:
 
 
 # --- the CLI never prints a password -------------------------------------------------------
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invigilator", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "250", **(env or {})},
-        check=False,
-    )
 
 
 def test_db_commands_never_print_the_password(db_url: str) -> None:
@@ -314,33 +300,30 @@ async def test_pages_send_security_headers(db_url: str) -> None:
     """Every HTML page the app serves (every GET route without parameters, and the static
     HTML) gets the CSP; /docs and /redoc load their own scripts and are exempt. Every response
     gets nosniff, no-referrer and DENY framing."""
-    app = create_app(make_settings(demo=True), database_url=db_url)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            paths = [
-                route.path
-                for route in app.routes
-                if isinstance(route, APIRoute) and "GET" in route.methods and "{" not in route.path
-            ] + ["/docs", "/redoc", "/openapi.json"]
-            static_dir = REPO / "src" / "invigilator" / "static"
-            paths += [f"/static/{p.name}" for p in static_dir.glob("*.html")]
-            pages = 0
-            for path in dict.fromkeys(paths):
-                response = await client.get(path, headers={"Authorization": f"Bearer {STAFF_KEY}"})
-                assert response.headers["x-content-type-options"] == "nosniff", path
-                assert response.headers["referrer-policy"] == "no-referrer", path
-                assert response.headers["x-frame-options"] == "DENY", path
-                if not response.headers.get("content-type", "").startswith("text/html"):
-                    continue
-                if path in ("/docs", "/redoc"):
-                    continue
-                pages += 1
-                csp = response.headers["content-security-policy"]
-                assert csp == PAGE_CSP, path
-                assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
-                assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
-            assert pages >= 1  # the demo page at least
+    async with in_process_api(db_url, make_settings(demo=True)) as api:
+        paths = [
+            route.path
+            for route in api.app.routes
+            if isinstance(route, APIRoute) and "GET" in route.methods and "{" not in route.path
+        ] + ["/docs", "/redoc", "/openapi.json"]
+        static_dir = REPO / "src" / "invigilator" / "static"
+        paths += [f"/static/{p.name}" for p in static_dir.glob("*.html")]
+        pages = 0
+        for path in dict.fromkeys(paths):
+            response = await api.client.get(path, headers=api.staff)
+            assert response.headers["x-content-type-options"] == "nosniff", path
+            assert response.headers["referrer-policy"] == "no-referrer", path
+            assert response.headers["x-frame-options"] == "DENY", path
+            if not response.headers.get("content-type", "").startswith("text/html"):
+                continue
+            if path in ("/docs", "/redoc"):
+                continue
+            pages += 1
+            csp = response.headers["content-security-policy"]
+            assert csp == PAGE_CSP, path
+            assert "script-src 'self'" in csp and "frame-ancestors 'none'" in csp
+            assert "unsafe-inline" not in csp and "unsafe-eval" not in csp
+        assert pages >= 1  # the demo page at least
 
 
 # --- the staff cookie: flags, and CSRF -------------------------------------------------------
@@ -374,16 +357,13 @@ def cookie_flags(response: httpx.Response) -> set[str]:
 
 async def test_the_staff_cookie_is_httponly_strict_and_secure_over_https(db_url: str) -> None:
     for base_url, secure in (("http://testserver", False), ("https://testserver", True)):
-        app = create_app(make_settings(), database_url=db_url)
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
-                flags = cookie_flags(await sign_in(client))
-                assert {"httponly", "samesite=strict"} <= flags, flags
-                assert ("secure" in flags) is secure, (base_url, flags)
-                # Signing in from another site sets nothing (no login CSRF).
-                refused = await sign_in(client, **{"Sec-Fetch-Site": "cross-site"})
-                assert deps.STAFF_COOKIE not in refused.cookies
+        async with in_process_api(db_url, base_url=base_url) as api:
+            flags = cookie_flags(await sign_in(api.client))
+            assert {"httponly", "samesite=strict"} <= flags, flags
+            assert ("secure" in flags) is secure, (base_url, flags)
+            # Signing in from another site sets nothing (no login CSRF).
+            refused = await sign_in(api.client, **{"Sec-Fetch-Site": "cross-site"})
+            assert deps.STAFF_COOKIE not in refused.cookies
 
 
 CROSS_SITE = [

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from webhooktools import Receiver
+from support.webhooks import Receiver
 
 
 @pytest.fixture

@@ -11,12 +11,13 @@ from typing import Any
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from dbtools import add_candidate, shift_session
 from invigilator import metrics
 from invigilator.api.schemas import SessionOut
 from invigilator.store import SessionStore
 from invigilator.webhooks.outbox import WebhookStore
-from webhooktools import SECRET, Received, Receiver, eventually, make_worker, readme_verify, running
+from support.db import add_candidate, shift_session
+from support.waiting import eventually
+from support.webhooks import SECRET, Received, Receiver, make_worker, readme_verify, running
 
 
 def deliveries(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:

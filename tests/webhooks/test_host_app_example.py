@@ -9,51 +9,21 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from apitools import SECRET, STAFF_KEY
+from support.api import SECRET, STAFF_KEY
+from support.cli import start_cli, stop_process
+from support.ports import free_port
+from support.waiting import wait_for_http, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 WEBHOOK_SECRET = "example-webhook-secret-0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_until_up(url: str, proc: subprocess.Popen[str], within: float = 30) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited early: {proc.communicate()}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not come up")
-
-
-def stop(proc: subprocess.Popen[str]) -> tuple[str, str]:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        return proc.communicate(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        return proc.communicate()
 
 
 @pytest.fixture
@@ -66,7 +36,6 @@ def servers(db_url: str, ports: tuple[int, int], tmp_path: Path) -> Iterator[dic
     inv_port, host_port = ports
     inv_url, host_url = f"http://127.0.0.1:{inv_port}", f"http://127.0.0.1:{host_port}"
     env = {
-        **os.environ,
         "INVIGILATOR_DATA_DIR": str(tmp_path),
         "INVIGILATOR_SECRET_KEY": SECRET,
         "INVIGILATOR_ADMIN_KEYS": STAFF_KEY,
@@ -76,11 +45,7 @@ def servers(db_url: str, ports: tuple[int, int], tmp_path: Path) -> Iterator[dic
         "INVIGILATOR_CORS_ORIGINS": host_url,
         "INVIGILATOR_LOG_LEVEL": "INFO",
     }
-    invigilator = subprocess.Popen(
-        [sys.executable, "-m", "invigilator", "serve", "--port", str(inv_port), "--no-demo",
-         "--database-url", db_url],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    invigilator = start_cli("serve", "--port", str(inv_port), "--no-demo", db_url=db_url, env=env)
     host_env = {
         **os.environ,
         "INVIGILATOR_URL": inv_url,
@@ -93,12 +58,12 @@ def servers(db_url: str, ports: tuple[int, int], tmp_path: Path) -> Iterator[dic
         env=host_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        wait_until_up(f"{inv_url}/healthz", invigilator)
-        wait_until_up(f"{host_url}/events", host)
+        wait_for_http(f"{inv_url}/healthz", invigilator)
+        wait_for_http(f"{host_url}/events", host)
         yield {"inv_url": inv_url, "host_url": host_url, "invigilator": invigilator}
     finally:
-        stop(host)
-        stop(invigilator)
+        stop_process(host)
+        stop_process(invigilator)
 
 
 def test_host_app_runs_a_test_and_hears_how_it_ended(servers: dict[str, object]) -> None:
@@ -128,11 +93,11 @@ def test_host_app_runs_a_test_and_hears_how_it_ended(servers: dict[str, object])
         assert saved.status_code == 200
         assert http.post(f"{base}/complete", headers=auth).status_code == 200
 
-        deadline = time.monotonic() + 15
-        events: list[dict[str, object]] = []
-        while time.monotonic() < deadline and len(events) < 2:
-            events = http.get(f"{host_url}/events").json()
-            time.sleep(0.1)
+        def two_events() -> list[dict[str, object]]:
+            events: list[dict[str, object]] = http.get(f"{host_url}/events").json()
+            return events if len(events) >= 2 else []
+
+        events = wait_until(two_events, "the host app to hear two webhooks", interval=0.1)
         assert [e["type"] for e in events] == ["session.started", "session.completed"]
         completed = events[1]["session"]
         assert isinstance(completed, dict) and completed["completion_method"] == "manual"

@@ -17,7 +17,8 @@ from pydantic import SecretStr
 
 from invigilator.db import migrate
 from invigilator.db.check import check
-from webhooktools import SECRET, Receiver, eventually, serving
+from support.waiting import eventually
+from support.webhooks import SECRET, Receiver, serving
 
 DEPLOY = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,9 +14,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from apitools import SECRET, STAFF_KEY, Api, assert_problem, make_settings
 from invigilator.logs import configure_logging, redact
-from webhooktools import serving
+from support.api import SECRET, STAFF_KEY, Api, assert_problem, make_settings
+from support.ports import free_port
+from support.webhooks import serving
 
 HEARTBEAT_ROUTE = "/api/v1/sessions/{candidate_id}/heartbeat"
 
@@ -88,13 +88,6 @@ async def test_metrics_are_protected_and_describe_the_service(db_url: str) -> No
 async def test_metrics_public_when_configured(db_url: str) -> None:
     async with serving(db_url, metrics_public=True) as api:
         assert (await api.client.get("/metrics")).status_code == 200
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def test_metrics_on_a_separate_port(db_url: str) -> None:

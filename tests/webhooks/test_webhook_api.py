@@ -9,10 +9,11 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from apitools import assert_problem, make_settings
 from invigilator.api.app import create_app
 from invigilator.domain import ConfigurationError
-from webhooktools import SECRET, Receiver, eventually, readme_verify, serving
+from support.api import assert_problem, make_settings
+from support.waiting import eventually
+from support.webhooks import SECRET, Receiver, readme_verify, serving
 
 
 def delivery_rows(db: psycopg.Connection[Any], type_: str) -> list[tuple[Any, ...]]:

@@ -1,13 +1,17 @@
-"""Driving the API in-process through httpx: settings, the Api helper, problem checks."""
+"""Driving the API in-process through httpx: settings, the app with its lifespan, the Api
+helper, problem checks."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 from pydantic import SecretStr
 
+from invigilator.api.app import create_app
 from invigilator.config import Settings
 
 STAFF_KEY = "staff-key-for-tests-0123456789"
@@ -57,6 +61,23 @@ class Api:
         return await self.client.request(
             method, f"/api/v1/sessions/{candidate_id}/{path}", headers=self.bearer(token), **kwargs
         )
+
+
+@contextlib.asynccontextmanager
+async def in_process_api(
+    database_url: str,
+    settings: Settings | None = None,
+    *,
+    client_ip: str = "127.0.0.1",
+    base_url: str = "http://testserver",
+) -> AsyncIterator[Api]:
+    """The whole app on `database_url` with its lifespan (pool, store, background parts as
+    `settings` say), driven through httpx as if from `client_ip`."""
+    app = create_app(settings or make_settings(), database_url=database_url)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url=base_url, timeout=30) as client:
+            yield Api(client, app)
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-GUIDE = Path(__file__).resolve().parents[1] / "docs" / "setup-guide.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "setup-guide.md"
 
 
 def sql_blocks(section_title: str) -> list[str]:

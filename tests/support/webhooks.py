@@ -15,15 +15,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 from psycopg_pool import AsyncConnectionPool
 
-from apitools import Api, make_settings
-from invigilator.api.app import create_app
 from invigilator.domain import Policy
 from invigilator.webhooks.worker import DeliveryWorker
+from support.api import Api, in_process_api, make_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SECRET = "whsec_test_secret_0123456789"
 
 #: What the receiver does with a request: an HTTP status, or ("hang", seconds) then 200.
@@ -138,20 +136,6 @@ async def running(worker: DeliveryWorker) -> AsyncIterator[DeliveryWorker]:
         await asyncio.wait_for(task, 10)
 
 
-async def eventually(check: Callable[[], Any], within: float = 10.0, what: str = "") -> Any:
-    """Poll `check` (sync or async) until it returns something truthy; fail after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.05)
-
-
 @contextlib.asynccontextmanager
 async def serving(db_url: str, **overrides: Any) -> AsyncIterator[Api]:
     """The whole app in-process (lifespan included: the worker runs), driven through httpx."""
@@ -162,8 +146,5 @@ async def serving(db_url: str, **overrides: Any) -> AsyncIterator[Api]:
         "webhook_timeout_seconds": 2.0,
         **overrides,
     }
-    app = create_app(make_settings(**values), database_url=db_url)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield Api(client)
+    async with in_process_api(db_url, make_settings(**values)) as api:
+        yield api

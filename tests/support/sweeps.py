@@ -1,17 +1,9 @@
-"""Helpers for the sweeper's tests (imported by tests; not fixtures): set-based arranging of
-many sessions, the "nothing half-finalized" check, a tripwire that holds a sweeper inside its
-transaction, and running `python -m invigilator` as a user would."""
+"""The sweeper's tests: set-based arranging of many sessions, the "nothing half-finalized"
+check, a tripwire that holds a sweeper inside its transaction, and `sweep --once` output."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -177,95 +169,6 @@ def backend_alive(conn: psycopg.Connection[Any], pid: int) -> bool:
     return (
         conn.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone() is not None
     )
-
-
-def wait_until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Poll `check` until it returns something truthy (a bound, never a fixed sleep)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-async def await_until(check: Callable[[], Any], what: str, within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-def cli_env() -> dict[str, str]:
-    """The environment for `python -m invigilator`: default policy, wide tables, patient
-    statements (a sweeper held at a barrier must not time out), no ambient database."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("INVIGILATOR_") and k not in ("DATABASE_URL", "COLUMNS")
-    }
-    env.update(COLUMNS="240", INVIGILATOR_STATEMENT_TIMEOUT_MS="60000", NO_COLOR="1")
-    return env
-
-
-def cli_args(db_url: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "invigilator", *args, "--database-url", db_url]
-
-
-def run_cli(db_url: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        cli_args(db_url, *args),
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        timeout=timeout,
-        check=False,
-    )
-
-
-def start_cli(db_url: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        cli_args(db_url, *args),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=cli_env(),
-    )
-
-
-class Lines:
-    """A stream's lines, collected on a thread so a test can wait for one with a bound."""
-
-    def __init__(self, stream: Any) -> None:
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, stream: Any) -> None:
-        for line in stream:
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-
-    def wait_for(self, text: str, timeout: float = 30.0) -> str:
-        def found() -> str | None:
-            return next((line for line in self.lines if text in line), None)
-
-        with self._cond:
-            if not self._cond.wait_for(found, timeout):
-                raise AssertionError(f"no line with {text!r} in {self.lines}")
-            return found() or ""
-
-    def text(self) -> str:
-        self._thread.join(timeout=30)
-        return "".join(self.lines)
 
 
 SWEPT_LINE = re.compile(r"^(\S+)  (completed|abandoned)/(\w+)  (\S+)$")
