@@ -5,6 +5,7 @@ logged JSON lines with no token in them."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -22,7 +23,7 @@ import pytest
 from apitools import SECRET, STAFF_KEY
 
 REPO = Path(__file__).resolve().parents[2]
-WEBHOOK_SECRET = "example-webhook-secret-0123456789"
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"acme-recruiting-example-secret!!").decode()
 
 
 def free_port() -> int:
@@ -140,7 +141,11 @@ def test_host_app_runs_a_test_and_hears_how_it_ended(servers: dict[str, object])
         forged = http.post(
             f"{host_url}/webhooks/invigilator",
             content=b'{"id": "x", "type": "session.completed"}',
-            headers={"Invigilator-Signature": "t=1,v1=00"},
+            headers={
+                "webhook-id": "x",
+                "webhook-timestamp": str(int(time.time())),
+                "webhook-signature": "v1,AAAA",
+            },
         )
         assert forged.status_code == 400
 
