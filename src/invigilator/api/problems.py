@@ -80,7 +80,8 @@ _MEANING = {
     413: "Too large: `payload_too_large`.",
     422: "Not valid: `validation_error`, with `errors`.",
     429: "Too many requests: `rate_limited` (see `Retry-After`).",
-    503: "The database is unavailable: `database_unavailable` (see `Retry-After`).",
+    503: "The database is unavailable (`database_unavailable`, see `Retry-After`) or not set "
+    "up (`schema_problem`).",
 }
 
 

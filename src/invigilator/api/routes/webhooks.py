@@ -11,12 +11,12 @@ from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from invigilator.api.deps import RuntimeDep, StaffDep
-from invigilator.api.problems import ApiError
+from invigilator.api.problems import ApiError, responses
 from invigilator.domain import InvalidInput
 from invigilator.webhooks.outbox import WebhookStore
 from invigilator.webhooks.vault import SecretBox
 
-router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], responses=responses(401, 503))
 
 EventType = Literal[
     "session.started",
@@ -110,7 +110,9 @@ def _endpoint(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k in EndpointOut.model_fields}
 
 
-@router.post("", response_model=EndpointCreated, status_code=201)
+@router.post(
+    "", response_model=EndpointCreated, status_code=201, responses=responses(403, 413, 422)
+)
 async def create_endpoint(body: EndpointIn, staff: StaffDep, outbox: OutboxDep) -> EndpointCreated:
     """Register an endpoint. Its signing secret is in this response only: keep it."""
     row = await outbox.create_endpoint(
@@ -129,7 +131,7 @@ async def list_endpoints(staff: StaffDep, outbox: OutboxDep) -> list[EndpointOut
     return [EndpointOut(**_endpoint(r)) for r in await outbox.list_endpoints()]
 
 
-@router.get("/deliveries", response_model=DeliveryPage)
+@router.get("/deliveries", response_model=DeliveryPage, responses=responses(422))
 async def deliveries(
     staff: StaffDep,
     outbox: OutboxDep,
@@ -152,7 +154,14 @@ def _delivery(row: dict[str, Any]) -> DeliveryOut:
     )
 
 
-@router.post("/deliveries/{delivery_id}/retry", response_model=DeliveryOut, status_code=202)
+@router.post(
+    "/deliveries/{delivery_id}/retry",
+    response_model=DeliveryOut,
+    status_code=202,
+    responses=responses(
+        403, 404, 409, 422, s409="`delivery_not_failed`, or `endpoint_inactive` (off or removed)."
+    ),
+)
 async def retry_delivery(
     delivery_id: Annotated[int, Path(ge=1)], staff: StaffDep, outbox: OutboxDep
 ) -> DeliveryOut:
@@ -177,7 +186,13 @@ async def retry_delivery(
     return _delivery(row)
 
 
-@router.post("/{endpoint_id}/rotate-secret", response_model=EndpointCreated)
+@router.post(
+    "/{endpoint_id}/rotate-secret",
+    response_model=EndpointCreated,
+    responses=responses(
+        403, 404, 413, 422, s403="`forbidden`: the environment's endpoint (or a cross-site cookie)."
+    ),
+)
 async def rotate_secret(
     endpoint_id: Annotated[int, Path(ge=1)],
     staff: StaffDep,
@@ -200,7 +215,13 @@ async def rotate_secret(
     return EndpointCreated(**_endpoint(row), secret=row["secret"])
 
 
-@router.delete("/{endpoint_id}", status_code=204)
+@router.delete(
+    "/{endpoint_id}",
+    status_code=204,
+    responses=responses(
+        403, 404, 422, s403="`forbidden`: the environment's endpoint (or a cross-site cookie)."
+    ),
+)
 async def delete_endpoint(
     endpoint_id: Annotated[int, Path(ge=1)], staff: StaffDep, outbox: OutboxDep
 ) -> Response:
