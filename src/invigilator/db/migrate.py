@@ -60,14 +60,14 @@ def split_statements(text: str) -> list[str]:
     found: list[str] = []
     start = pos = 0
     while match := _SQL_TOKEN.search(text, pos):
-        token = match.group(0)
+        piece = match.group(0)
         pos = match.end()
-        if token.startswith("$"):
-            close = text.find(token, pos)
+        if piece.startswith("$"):
+            close = text.find(piece, pos)
             if close < 0:
-                raise ValueError(f"unterminated dollar quote {token}")
-            pos = close + len(token)
-        elif token == ";":
+                raise ValueError(f"unterminated dollar quote {piece}")
+            pos = close + len(piece)
+        elif piece == ";":
             found.append(text[start:pos])
             start = pos
     if text[start:].strip():
