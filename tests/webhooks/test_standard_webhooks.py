@@ -16,7 +16,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 from apitools import assert_problem, make_settings
 from dbtools import add_candidate
 from invigilator.api.app import create_app
-from invigilator.domain import SchemaProblem
+from invigilator.domain import ConfigurationError
 from invigilator.store import SessionStore
 from invigilator.webhooks.vault import SecretBox, new_secret, secret_problem
 from webhooktools import (
@@ -64,14 +64,14 @@ def test_new_secrets_are_spec_valid() -> None:
 )
 def test_a_secret_receivers_cannot_use_stops_the_start(secret: str, message: str) -> None:
     settings = make_settings(webhook_url="http://127.0.0.1:9/h", webhook_secret=SecretStr(secret))
-    with pytest.raises(SchemaProblem, match=message) as raised:
+    with pytest.raises(ConfigurationError, match=message) as raised:
         create_app(settings, database_url="postgresql://127.0.0.1:9/none")
     assert secret not in str(raised.value)  # never echoed
 
 
 def test_a_bad_encryption_key_stops_the_start() -> None:
     settings = make_settings(webhook_encryption_key=[SecretStr("not-a-fernet-key")])
-    with pytest.raises(SchemaProblem, match="key 1 is not a Fernet key") as raised:
+    with pytest.raises(ConfigurationError, match="key 1 is not a Fernet key") as raised:
         create_app(settings, database_url="postgresql://127.0.0.1:9/none")
     assert "not-a-fernet-key" not in str(raised.value)
 

@@ -8,8 +8,8 @@ from fastapi import APIRouter
 from pydantic import BaseModel
 
 from invigilator.api.deps import RuntimeDep
-from invigilator.db.connector import translate_errors
 from invigilator.api.problems import responses
+from invigilator.db.connector import translate_errors
 
 router = APIRouter(tags=["health"])
 
