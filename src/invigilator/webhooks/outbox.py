@@ -7,6 +7,7 @@ staff API. Every method is one short transaction: no connection is held during a
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,7 +43,6 @@ class Claimed:
     secrets: tuple[str, ...]
     from_env: bool
     include_answers: bool
-    unreadable: bool = False
 
 
 class WebhookStore:
@@ -80,17 +80,18 @@ class WebhookStore:
 
     def _claimed(self, r: Row) -> Claimed:
         found: list[str] = []
-        unreadable = False
         if not r["from_env"]:
             try:
                 if r["secret_ciphertext"] is not None:
                     found.append(self.box.decrypt(r["secret_ciphertext"]))
                 elif r["secret"] is not None:  # 0002's, until the next start encrypts it
                     found.append(r["secret"])
-                if r["previous_secret_ciphertext"] is not None:
-                    found.append(self.box.decrypt(r["previous_secret_ciphertext"]))
             except SecretUnreadable:
-                unreadable = True
+                pass  # nothing to sign with: the worker records why, and sends nothing
+            # The previous secret only adds a signature; without the current one, none.
+            if found and r["previous_secret_ciphertext"] is not None:
+                with contextlib.suppress(SecretUnreadable):
+                    found.append(self.box.decrypt(r["previous_secret_ciphertext"]))
         return Claimed(
             id=r["id"],
             event_id=str(r["event_id"]),
@@ -101,10 +102,9 @@ class WebhookStore:
             attempts=r["attempts"],
             endpoint_id=r["endpoint_id"],
             url=r["url"],
-            secrets=() if unreadable else tuple(found),
+            secrets=tuple(found),
             from_env=r["from_env"],
             include_answers=r["include_answers"],
-            unreadable=unreadable,
         )
 
     async def delivered(self, delivery_id: int, http_status: int) -> None:
