@@ -13,7 +13,11 @@ import re
 from importlib import resources
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -42,6 +46,7 @@ def install(app: FastAPI) -> None:
     directory = resources.files("fastapi_offline").joinpath("static")
     app.mount(ASSETS, StaticFiles(directory=str(directory)), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
+    oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
@@ -53,8 +58,14 @@ def install(app: FastAPI) -> None:
                 swagger_js_url=f"{root}{ASSETS}/swagger-ui-bundle.js",
                 swagger_css_url=f"{root}{ASSETS}/swagger-ui.css",
                 swagger_favicon_url=f"{root}{ASSETS}/favicon.png",
+                oauth2_redirect_url=root + oauth2_redirect,
             )
         )
+
+    # What FastAPI serves beside its own /docs, kept for Swagger UI's OAuth2 flow.
+    @app.get(oauth2_redirect, include_in_schema=False)
+    async def swagger_ui_redirect() -> HTMLResponse:
+        return _with_csp(get_swagger_ui_oauth2_redirect_html())
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
