@@ -1,7 +1,8 @@
 """Acme Recruiting: a minimal host app for Invigilator.
 
 It starts a candidate's test session over the staff API, serves the test page (which embeds
-Invigilator's browser client), and receives signed webhooks. Run it beside `invigilator serve`:
+Invigilator's browser client), and receives signed webhooks (Standard Webhooks, verified with
+the `standardwebhooks` package). Run it beside `invigilator serve`:
 
     INVIGILATOR_URL=http://127.0.0.1:8000 INVIGILATOR_STAFF_KEY=… INVIGILATOR_WEBHOOK_SECRET=… \
         uvicorn app:app --port 8080
@@ -11,17 +12,15 @@ Invigilator's browser client), and receives signed webhooks. Run it beside `invi
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import html
 import json
 import os
-import time
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse
+from standardwebhooks import Webhook, WebhookVerificationError
 
 INVIGILATOR_URL = os.environ.get("INVIGILATOR_URL", "http://127.0.0.1:8000").rstrip("/")
 STAFF_KEY = os.environ["INVIGILATOR_STAFF_KEY"]
@@ -31,11 +30,7 @@ app = FastAPI(title="Acme Recruiting")
 received: dict[str, dict[str, Any]] = {}  # webhook id -> event (a real app: a table, unique id)
 
 
-def verify(secret: str, body: bytes, header: str, tolerance: int = 300) -> bool:
-    fields = dict(part.strip().partition("=")[::2] for part in header.split(","))
-    t, v1 = fields.get("t", ""), fields.get("v1", "")
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(mac, v1) and t.isdigit() and abs(time.time() - int(t)) <= tolerance
+webhook = Webhook(WEBHOOK_SECRET)  # the Standard Webhooks library, as it is
 
 
 PAGE = """<!doctype html>
@@ -77,10 +72,10 @@ async def test_page(candidate_id: str) -> str:
 
 @app.post("/webhooks/invigilator")
 async def invigilator_webhook(request: Request) -> dict[str, bool]:
-    body = await request.body()
-    if not verify(WEBHOOK_SECRET, body, request.headers.get("Invigilator-Signature", "")):
-        raise HTTPException(400, "bad signature")
-    event = json.loads(body)
+    try:
+        event = webhook.verify(await request.body(), dict(request.headers))
+    except WebhookVerificationError:
+        raise HTTPException(400, "bad signature") from None
     if event["id"] not in received:  # delivered at least once: act once per id
         received[event["id"]] = event
         # Here: grade a completed test, email the recruiter, call a silent candidate…

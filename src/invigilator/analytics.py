@@ -21,11 +21,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timedelta
-from typing import Any, TypedDict, cast
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
+
+# pydantic (the API's response models) reads these only from typing_extensions before 3.12
+from typing_extensions import TypedDict
 
 from invigilator import sql
 from invigilator.config import Settings

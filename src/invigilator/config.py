@@ -71,7 +71,12 @@ class Settings(BaseSettings):
     # Webhooks (invigilator.webhooks): the endpoint from the environment, and the delivery
     # worker inside `invigilator serve`. More endpoints: the staff API /api/v1/webhooks.
     webhook_url: str | None = None
+    # One whsec_ secret, or several separated by spaces while receivers move to a new one
+    # (every delivery is signed with each; the receiver accepts any).
     webhook_secret: SecretStr | None = None
+    # Fernet keys for the staff-registered endpoints' secrets at rest (webhooks/vault.py);
+    # none: a key derived from secret_key.
+    webhook_encryption_key: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
     webhook_include_answers: bool = False
     webhook_worker_enabled: bool = True
     webhook_timeout_seconds: float = Field(default=10, gt=0)
@@ -128,6 +133,25 @@ class Settings(BaseSettings):
             )
         if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
             raise ConfigurationError("INVIGILATOR_WEBHOOK_URL must be an http:// or https:// URL")
+        # Receivers' libraries base64-decode what follows whsec_: anything else verifies
+        # differently in one or another, so it is refused here, before anything starts.
+        from invigilator.webhooks.vault import parse_keys, secret_problem
+
+        secrets = self.webhook_secret.get_secret_value().split() if self.webhook_secret else []
+        if self.webhook_url and not secrets:
+            raise ConfigurationError("INVIGILATOR_WEBHOOK_SECRET must not be empty")
+        for position, one in enumerate(secrets, 1):
+            problem = secret_problem(one)
+            if problem:
+                raise ConfigurationError(
+                    f"INVIGILATOR_WEBHOOK_SECRET (secret {position}) {problem}; make one with "
+                    '`python -c \'import base64,os; print("whsec_" + '
+                    "base64.b64encode(os.urandom(32)).decode())'`"
+                )
+        try:
+            parse_keys([k.get_secret_value() for k in self.webhook_encryption_key])
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
@@ -137,7 +161,7 @@ class Settings(BaseSettings):
             raise ValueError(exc.message) from None
         return self
 
-    @field_validator("admin_keys", "cors_origins", mode="before")
+    @field_validator("admin_keys", "cors_origins", "webhook_encryption_key", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         """Comma-separated in the environment: `INVIGILATOR_ADMIN_KEYS=key1,key2`."""

@@ -4,6 +4,7 @@ and a delivery worker running in the background with test-sized timings."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -18,11 +19,16 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from invigilator.domain import Policy
+from invigilator.webhooks.outbox import WebhookStore
+from invigilator.webhooks.vault import SecretBox
 from invigilator.webhooks.worker import DeliveryWorker
 from support.api import Api, in_process_api, make_settings
 
 REPO = Path(__file__).resolve().parents[2]
-SECRET = "whsec_test_secret_0123456789"
+#: A spec-valid secret (standard base64 of 32 bytes), fixed so failures are reproducible.
+SECRET = "whsec_" + base64.b64encode(b"invigilator-test-webhook-secret!").decode()
+#: What an app made with make_settings() encrypts endpoint secrets with.
+BOX = SecretBox.from_settings(make_settings())
 
 #: What the receiver does with a request: an HTTP status, or ("hang", seconds) then 200.
 Action = int | tuple[str, float]
@@ -98,15 +104,16 @@ class Receiver:
             return [r.json["type"] for r in self.requests]
 
 
-def readme_verify() -> Callable[..., bool]:
-    """The README's receiver snippet (its Webhooks section), executed as written."""
+def readme_verify() -> Callable[..., Any]:
+    """The README's receiver snippet (its Webhooks section), executed as written: verify(secret,
+    body, headers) -> the event, or None."""
     readme = (REPO / "README.md").read_text("utf-8")
     section = readme.split("## Webhooks", 1)[1].split("\n## ", 1)[0]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
     assert len([line for line in code.splitlines() if line.strip()]) <= 6, code
     namespace: dict[str, Any] = {}
     exec(compile(code, "README.md#webhooks", "exec"), namespace)
-    verify: Callable[..., bool] = namespace["verify"]
+    verify: Callable[..., Any] = namespace["verify"]
     return verify
 
 
@@ -120,7 +127,11 @@ FAST = {
 
 
 def make_worker(pool: AsyncConnectionPool[Any], policy: Policy, **overrides: Any) -> DeliveryWorker:
-    return DeliveryWorker(pool, policy, **{**FAST, **overrides})
+    return DeliveryWorker(pool, policy, **{"box": BOX, **FAST, **overrides})
+
+
+def outbox(pool: AsyncConnectionPool[Any]) -> WebhookStore:
+    return WebhookStore(pool, BOX)
 
 
 @contextlib.asynccontextmanager

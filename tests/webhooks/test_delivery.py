@@ -4,6 +4,7 @@ the body, retries after 500s and timeouts, restarts, giving up, ordering, sessio
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from datetime import timedelta
 from typing import Any
@@ -14,10 +15,17 @@ from psycopg_pool import AsyncConnectionPool
 from invigilator import metrics
 from invigilator.api.schemas import SessionOut
 from invigilator.store import SessionStore
-from invigilator.webhooks.outbox import WebhookStore
 from support.db import add_candidate, shift_session
 from support.waiting import eventually
-from support.webhooks import SECRET, Received, Receiver, make_worker, readme_verify, running
+from support.webhooks import (
+    SECRET,
+    Received,
+    Receiver,
+    make_worker,
+    outbox,
+    readme_verify,
+    running,
+)
 
 
 def deliveries(db: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
@@ -43,14 +51,21 @@ async def test_events_are_signed_and_shaped_like_the_api(
         await eventually(lambda: len(receiver.processed) == 2, what="two deliveries")
 
     verify = readme_verify()
+    other = "whsec_" + base64.b64encode(b"another secret, 24+ bytes long").decode()
     started, completed = receiver.requests
     for request in (started, completed):
-        header = request.headers["Invigilator-Signature"]
-        assert verify(SECRET, request.body, header)
-        assert not verify("another secret", request.body, header)
-        assert not verify(SECRET, request.body + b" ", header)
-        assert request.headers["Content-Type"] == "application/json"
-        assert request.headers["Invigilator-Event-Id"] == request.json["id"]
+        headers = request.headers
+        assert verify(SECRET, request.body, headers) == request.json
+        assert verify(other, request.body, headers) is None
+        assert verify(SECRET, request.body + b" ", headers) is None
+        assert verify(SECRET, request.body, {**headers, "webhook-id": "another-id"}) is None
+        stale = str(int(headers["webhook-timestamp"]) - 600)  # a replay ten minutes later
+        assert verify(SECRET, request.body, {**headers, "webhook-timestamp": stale}) is None
+        assert headers["Content-Type"] == "application/json"
+        assert headers["webhook-id"] == request.json["id"]
+        assert headers["webhook-signature"].startswith("v1,")
+        assert headers["Invigilator-Event-Type"] == request.json["type"]
+        assert "Invigilator-Signature" not in headers and "Invigilator-Event-Id" not in headers
         assert request.json.keys() == {"id", "type", "created_at", "session"}
         assert set(request.json["session"]) == set(SessionOut.model_fields)  # the API's shape
         assert b"my private answer" not in request.body  # no answers unless asked for
@@ -75,14 +90,14 @@ async def test_events_are_signed_and_shaped_like_the_api(
 async def test_answers_only_for_an_endpoint_that_asks(
     store: SessionStore, db: psycopg.Connection[Any], receiver: Receiver
 ) -> None:
-    outbox = WebhookStore(store.pool)
-    wants = await outbox.create_endpoint(
+    endpoints = outbox(store.pool)
+    wants = await endpoints.create_endpoint(
         receiver.url + "?answers",
         event_types=["session.completed"],
         include_answers=True,
         description=None,
     )
-    await outbox.create_endpoint(
+    await endpoints.create_endpoint(
         receiver.url, event_types=None, include_answers=False, description=None
     )
     cid = add_candidate(db)
@@ -96,7 +111,7 @@ async def test_answers_only_for_an_endpoint_that_asks(
     (request,) = with_answers
     assert request.json["type"] == "session.completed"
     assert request.json["session"]["pending_answers"] == {"q1": "forty-two"}
-    assert readme_verify()(wants["secret"], request.body, request.headers["Invigilator-Signature"])
+    assert readme_verify()(wants["secret"], request.body, request.headers)
     # both endpoints got the same event id for the same event (receivers dedupe on it)
     ids = {r.json["id"] for r in receiver.requests if r.json["type"] == "session.completed"}
     assert len(ids) == 1
@@ -115,10 +130,7 @@ async def test_retried_after_500s_with_the_same_id(
     assert [r.status for r in receiver.requests] == [500, 503, 200]
     assert len({r.json["id"] for r in receiver.requests}) == 1
     assert [r.headers["Invigilator-Delivery-Attempt"] for r in receiver.requests] == ["1", "2", "3"]
-    assert all(
-        readme_verify()(SECRET, r.body, r.headers["Invigilator-Signature"])
-        for r in receiver.requests
-    )
+    assert all(readme_verify()(SECRET, r.body, r.headers) for r in receiver.requests)
     assert deliveries(db) == [("session.started", "delivered", 3, 200)]
     assert counter(metrics.WEBHOOK_FAILURES, reason="http_500") == before + 1
 

@@ -4,12 +4,14 @@ bad input."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from invigilator import domain
@@ -34,7 +36,80 @@ STATUS_OF_CODE: dict[str, int] = {
     "unauthorized": 401,
     "forbidden": 403,
     "rate_limited": 429,
+    "delivery_not_failed": 409,
+    "endpoint_inactive": 409,
 }
+
+
+# --- the OpenAPI document's view of these answers ------------------------------------------
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(
+        description='Where: e.g. ["body", "answers"] or ["query", "limit"].'
+    )
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An error (RFC 9457 problem details), as `application/problem+json`. Match on `code`."""
+
+    model_config = ConfigDict(extra="allow")  # extension members, e.g. `field`, `reason`
+
+    type: str = Field(description="`urn:invigilator:problem:<code>`.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int
+    code: str = Field(description="Stable, machine-readable: what went wrong.")
+    detail: str = Field(description="For people: what went wrong and what to do.")
+
+
+class ValidationProblem(Problem):
+    """A 422: the request is not valid; `errors` says where."""
+
+    errors: list[ValidationIssue]
+
+
+#: What each status means here, with the codes it can carry.
+_MEANING = {
+    401: "No valid credential: `unauthorized`, `token_invalid`, `token_expired`.",
+    403: "Not allowed for this credential: `forbidden`.",
+    404: "Not found: `not_found`, `candidate_not_found`.",
+    409: "In conflict with the current state: `session_ended`, `session_already_ended`, "
+    "`delivery_not_failed`, `endpoint_inactive`.",
+    413: "Too large: `payload_too_large`.",
+    422: "Not valid: `validation_error`, with `errors`.",
+    429: "Too many requests: `rate_limited` (see `Retry-After`).",
+    503: "The database is unavailable (`database_unavailable`, see `Retry-After`) or not set "
+    "up (`schema_problem`).",
+}
+
+
+def responses(*statuses: int, **meanings: str) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route or router: each status with its problem schema (problem+json;
+    see `install`). `meanings` (`s409="…"`) says more precisely what one status means there."""
+    return {
+        status: {
+            "model": ValidationProblem if status == 422 else Problem,
+            "description": meanings.get(f"s{status}", _MEANING[status]),
+        }
+        for status in statuses
+    }
+
+
+def _problem_media_types(schema: dict[str, Any]) -> dict[str, Any]:
+    """Declare error bodies as what they are, application/problem+json (FastAPI writes every
+    `model` response as application/json), and drop FastAPI's own 422 schema, never sent."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[0] in "45" and "application/json" in content:
+                    content[MEDIA_TYPE] = content.pop("application/json")
+    components = schema.get("components", {}).get("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
+    return schema
 
 
 class ApiError(domain.InvigilatorError):
@@ -69,7 +144,12 @@ def domain_problem(exc: domain.InvigilatorError) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if status == 503:
         headers = {"Retry-After": "2"}
-    return problem(status, exc.code, exc.message, headers, exc.detail)
+    extra = exc.detail
+    if status == 422:  # one shape for every 422 (ValidationProblem), whoever found the fault
+        field = exc.detail.get("field")
+        where = [str(field)] if field else []
+        extra = {**extra, "errors": [{"loc": where, "msg": exc.message, "type": "value_error"}]}
+    return problem(status, exc.code, exc.message, headers, extra)
 
 
 def unexpected_problem() -> JSONResponse:
@@ -77,6 +157,15 @@ def unexpected_problem() -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
+    build_openapi: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _problem_media_types(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(domain.InvigilatorError)
     async def _domain(request: Request, exc: domain.InvigilatorError) -> JSONResponse:
         return domain_problem(exc)

@@ -56,9 +56,10 @@ EXPECTED_TRIGGERS = {
     "test_session_webhook_changed": {"UPDATE"},
 }
 
-#: Migration 0002's tables and the constraints the service relies on, by name.
+#: Migration 0002's tables and the constraints the service relies on, by name (the secret's
+#: check as the Standard Webhooks migration redefined it, for encrypted secrets).
 EXPECTED_WEBHOOK_CONSTRAINTS = {
-    "webhook_endpoint": {"webhook_endpoint_pkey": "p", "webhook_endpoint_secret_check": "c"},
+    "webhook_endpoint": {"webhook_endpoint_pkey": "p", "webhook_endpoint_secret_present": "c"},
     "webhook_delivery": {
         "webhook_delivery_pkey": "p",
         "webhook_delivery_event_unique": "u",

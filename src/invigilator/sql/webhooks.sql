@@ -4,15 +4,22 @@
 
 -- sync_env_endpoint --
 -- The endpoint of INVIGILATOR_WEBHOOK_URL: created or updated (every process does it at start).
+-- One its receiver turned off (410 Gone) stays off until the URL changes.
 INSERT INTO webhook_endpoint (url, secret, include_answers, from_env, active, description)
 VALUES (%(url)s, NULL, %(include_answers)s, true, true, 'INVIGILATOR_WEBHOOK_URL')
 ON CONFLICT (from_env) WHERE from_env DO UPDATE
    SET url = EXCLUDED.url,
        include_answers = EXCLUDED.include_answers,
-       active = true,
+       active = webhook_endpoint.disabled_at IS NULL OR webhook_endpoint.url <> EXCLUDED.url,
+       disabled_at = CASE WHEN webhook_endpoint.url = EXCLUDED.url
+                          THEN webhook_endpoint.disabled_at END,
+       disabled_reason = CASE WHEN webhook_endpoint.url = EXCLUDED.url
+                              THEN webhook_endpoint.disabled_reason END,
        updated_at = now()
  WHERE (webhook_endpoint.url, webhook_endpoint.include_answers, webhook_endpoint.active)
-       IS DISTINCT FROM (EXCLUDED.url, EXCLUDED.include_answers, true)
+       IS DISTINCT FROM (EXCLUDED.url, EXCLUDED.include_answers,
+                         webhook_endpoint.disabled_at IS NULL
+                         OR webhook_endpoint.url <> EXCLUDED.url)
 RETURNING id;
 
 -- deactivate_env_endpoint --
@@ -57,7 +64,10 @@ UPDATE webhook_delivery d
   FROM due, webhook_endpoint w
  WHERE d.id = due.id AND w.id = d.endpoint_id
 RETURNING d.id, d.event_id, d.type, d.candidate_id, d.payload, d.created_at, d.attempts,
-          w.id AS endpoint_id, w.url, w.secret, w.from_env, w.include_answers;
+          w.id AS endpoint_id, w.url, w.from_env, w.include_answers,
+          w.secret, w.secret_ciphertext,
+          CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret_ciphertext END
+              AS previous_secret_ciphertext;
 
 -- record_delivered --
 -- The receiver answered 2xx.
@@ -108,30 +118,104 @@ RETURNING candidate_id;
 DELETE FROM webhook_delivery
  WHERE status <> 'pending' AND created_at < now() - %(keep)s::interval;
 
+-- gone --
+-- The receiver answered 410 Gone: this delivery fails, and so does the endpoint (turned off,
+-- with the reason; its other pending deliveries fail too).
+WITH failed AS (
+    UPDATE webhook_delivery
+       SET status = 'failed', last_status = 410, last_error = %(error)s, next_attempt_at = now()
+     WHERE id = %(id)s AND status = 'pending'
+    RETURNING endpoint_id
+), endpoint AS (
+    UPDATE webhook_endpoint w
+       SET active = false, disabled_at = now(), disabled_reason = %(error)s, updated_at = now()
+      FROM failed
+     WHERE w.id = failed.endpoint_id AND w.active
+    RETURNING w.id
+)
+UPDATE webhook_delivery d
+   SET status = 'failed', last_error = 'endpoint disabled: its receiver answered 410 Gone',
+       next_attempt_at = now()
+  FROM endpoint
+ WHERE d.endpoint_id = endpoint.id AND d.status = 'pending' AND d.id <> %(id)s;
+
+-- forget_expired_secrets --
+-- A rotated-out secret stops signing at its expiry; it is not kept past it either.
+UPDATE webhook_endpoint
+   SET previous_secret_ciphertext = NULL, previous_secret_expires_at = NULL
+ WHERE previous_secret_expires_at <= now();
+
+-- stored_secrets --
+-- Every stored secret, for re-encryption under the current key (and of 0002's clear ones).
+SELECT id, secret, secret_ciphertext, previous_secret_ciphertext
+  FROM webhook_endpoint
+ WHERE secret IS NOT NULL OR secret_ciphertext IS NOT NULL
+    OR previous_secret_ciphertext IS NOT NULL;
+
+-- reseal_secrets --
+-- Store re-encrypted secrets, unless the row changed meanwhile (a rotation wins).
+UPDATE webhook_endpoint
+   SET secret = NULL, secret_ciphertext = %(secret_ciphertext)s,
+       previous_secret_ciphertext = %(previous_secret_ciphertext)s
+ WHERE id = %(id)s
+   AND secret IS NOT DISTINCT FROM %(was_secret)s
+   AND secret_ciphertext IS NOT DISTINCT FROM %(was_secret_ciphertext)s
+   AND previous_secret_ciphertext IS NOT DISTINCT FROM %(was_previous_secret_ciphertext)s;
+
+-- rotate_secret --
+-- A new secret for a staff-registered endpoint; the current one keeps signing for `keep`
+-- (none when zero). A previous secret still kept from an earlier rotation is dropped.
+UPDATE webhook_endpoint
+   SET previous_secret_ciphertext = CASE WHEN %(keep)s::interval > '0'::interval
+                                         THEN secret_ciphertext END,
+       previous_secret_expires_at = CASE WHEN %(keep)s::interval > '0'::interval
+                                         THEN now() + %(keep)s::interval END,
+       secret_ciphertext = %(secret_ciphertext)s,
+       secret = NULL,
+       updated_at = now()
+ WHERE id = %(id)s AND active AND NOT from_env
+RETURNING id, url, event_types, include_answers, from_env, active, description, created_at,
+          updated_at, previous_secret_expires_at, disabled_at, disabled_reason;
+
+-- retry_delivery --
+-- Send a failed delivery again, now, to its endpoint if that is still active. Should it fail
+-- again, it is retried with backoff for what is left of `max_age` since the event (at least
+-- this once).
+UPDATE webhook_delivery d
+   SET status = 'pending', next_attempt_at = now()
+  FROM webhook_endpoint w
+ WHERE d.id = %(id)s AND d.status = 'failed' AND w.id = d.endpoint_id AND w.active
+RETURNING d.id;
+
 -- create_endpoint --
--- A staff-registered endpoint.
-INSERT INTO webhook_endpoint (url, secret, event_types, include_answers, description)
-VALUES (%(url)s, %(secret)s, %(event_types)s, %(include_answers)s, %(description)s)
-RETURNING *;
+-- A staff-registered endpoint, its secret encrypted by the service.
+INSERT INTO webhook_endpoint (url, secret_ciphertext, event_types, include_answers, description)
+VALUES (%(url)s, %(secret_ciphertext)s, %(event_types)s, %(include_answers)s, %(description)s)
+RETURNING id, url, event_types, include_answers, from_env, active, description, created_at,
+          updated_at, previous_secret_expires_at, disabled_at, disabled_reason;
 
 -- list_endpoints --
--- Every active endpoint, oldest first (secrets are never selected).
+-- Every endpoint not removed (active, or turned off by its receiver), oldest first (secrets are
+-- never selected).
 SELECT id, url, event_types, include_answers, from_env, active, description, created_at,
-       updated_at
+       updated_at, previous_secret_expires_at, disabled_at, disabled_reason
   FROM webhook_endpoint
- WHERE active
+ WHERE active OR disabled_at IS NOT NULL
  ORDER BY id;
 
 -- deactivate_endpoint --
--- Remove a staff-registered endpoint (kept, inactive, for its delivery log).
-UPDATE webhook_endpoint SET active = false, updated_at = now()
- WHERE id = %(id)s AND active AND NOT from_env
+-- Remove a staff-registered endpoint (kept, inactive, for its delivery log; the previous
+-- secret goes).
+UPDATE webhook_endpoint
+   SET active = false, disabled_at = NULL, disabled_reason = NULL,
+       previous_secret_ciphertext = NULL, previous_secret_expires_at = NULL, updated_at = now()
+ WHERE id = %(id)s AND (active OR disabled_at IS NOT NULL) AND NOT from_env
 RETURNING id;
 
 -- get_endpoint --
 -- One endpoint, active or not (no secret).
 SELECT id, url, event_types, include_answers, from_env, active, description, created_at,
-       updated_at
+       updated_at, previous_secret_expires_at, disabled_at, disabled_reason
   FROM webhook_endpoint
  WHERE id = %(id)s;
 
@@ -143,6 +227,7 @@ SELECT d.id, d.event_id, d.type, d.candidate_id, d.endpoint_id, w.url, d.status,
   FROM webhook_delivery d
   JOIN webhook_endpoint w ON w.id = d.endpoint_id
  WHERE (%(status)s::text IS NULL OR d.status = %(status)s::text)
+   AND (%(id)s::bigint IS NULL OR d.id = %(id)s::bigint)
    AND (%(candidate_id)s::text IS NULL OR d.candidate_id::text = %(candidate_id)s::text)
    AND (%(before_id)s::bigint IS NULL OR d.id < %(before_id)s::bigint)
  ORDER BY d.id DESC

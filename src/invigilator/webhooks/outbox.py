@@ -7,7 +7,8 @@ staff API. Every method is one short transaction: no connection is held during a
 
 from __future__ import annotations
 
-import secrets
+import contextlib
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -17,6 +18,9 @@ from psycopg_pool import AsyncConnectionPool
 from invigilator import sql
 from invigilator.db.connector import Row, transaction
 from invigilator.domain import Policy
+from invigilator.webhooks.vault import SecretBox, SecretUnreadable, new_secret
+
+log = logging.getLogger(__name__)
 
 Q = sql.webhook_queries()
 
@@ -34,18 +38,25 @@ class Claimed:
     attempts: int
     endpoint_id: int
     url: str
-    secret: str | None
+    #: The endpoint's signing secrets, newest first (empty for the environment's endpoint,
+    #: whose secrets only the worker's settings hold, and for one no key decrypts).
+    secrets: tuple[str, ...]
     from_env: bool
     include_answers: bool
 
 
-def new_secret() -> str:
-    return "whsec_" + secrets.token_urlsafe(32)
-
-
 class WebhookStore:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    """`box` encrypts and decrypts endpoint secrets: needed by everything that touches one."""
+
+    def __init__(self, pool: AsyncConnectionPool[Any], box: SecretBox | None = None) -> None:
         self.pool = pool
+        self._box = box
+
+    @property
+    def box(self) -> SecretBox:
+        if self._box is None:
+            raise RuntimeError("this WebhookStore was made without a SecretBox")
+        return self._box
 
     async def _all(self, name: str, **params: Any) -> list[Row]:
         async with transaction(self.pool) as cur:
@@ -65,23 +76,36 @@ class WebhookStore:
         rows = await self._all(
             "claim_due", limit=limit, lease=lease, env_secret_known=env_secret_known
         )
-        return [
-            Claimed(
-                id=r["id"],
-                event_id=str(r["event_id"]),
-                type=r["type"],
-                candidate_id=str(r["candidate_id"]),
-                payload=r["payload"],
-                created_at=r["created_at"],
-                attempts=r["attempts"],
-                endpoint_id=r["endpoint_id"],
-                url=r["url"],
-                secret=r["secret"],
-                from_env=r["from_env"],
-                include_answers=r["include_answers"],
-            )
-            for r in rows
-        ]
+        return [self._claimed(r) for r in rows]
+
+    def _claimed(self, r: Row) -> Claimed:
+        found: list[str] = []
+        if not r["from_env"]:
+            try:
+                if r["secret_ciphertext"] is not None:
+                    found.append(self.box.decrypt(r["secret_ciphertext"]))
+                elif r["secret"] is not None:  # 0002's, until the next start encrypts it
+                    found.append(r["secret"])
+            except SecretUnreadable:
+                pass  # nothing to sign with: the worker records why, and sends nothing
+            # The previous secret only adds a signature; without the current one, none.
+            if found and r["previous_secret_ciphertext"] is not None:
+                with contextlib.suppress(SecretUnreadable):
+                    found.append(self.box.decrypt(r["previous_secret_ciphertext"]))
+        return Claimed(
+            id=r["id"],
+            event_id=str(r["event_id"]),
+            type=r["type"],
+            candidate_id=str(r["candidate_id"]),
+            payload=r["payload"],
+            created_at=r["created_at"],
+            attempts=r["attempts"],
+            endpoint_id=r["endpoint_id"],
+            url=r["url"],
+            secrets=tuple(found),
+            from_env=r["from_env"],
+            include_answers=r["include_answers"],
+        )
 
     async def delivered(self, delivery_id: int, http_status: int) -> None:
         await self._all("record_delivered", id=delivery_id, http_status=http_status)
@@ -106,6 +130,51 @@ class WebhookStore:
         )
         return bool(rows) and rows[0]["status"] == "failed"
 
+    async def gone(self, delivery_id: int, error: str) -> None:
+        """The receiver answered 410 Gone: fail the delivery and turn its endpoint off."""
+        await self._all("gone", id=delivery_id, error=error[:500])
+
+    async def reseal(self) -> int:
+        """Encrypt 0002's clear secrets and re-encrypt those under an older key; how many
+        endpoints changed. Safe to run in every process at once."""
+        box = self.box
+        changed = 0
+        for row in await self._all("stored_secrets"):
+            try:
+                current = row["secret_ciphertext"]
+                if current is None and row["secret"] is not None:
+                    current = box.encrypt(row["secret"])
+                elif current is not None and not box.current(current):
+                    current = box.reseal(current)
+                previous = row["previous_secret_ciphertext"]
+                if previous is not None and not box.current(previous):
+                    previous = box.reseal(previous)
+            except SecretUnreadable:
+                log.error(
+                    "webhook endpoint %d: no INVIGILATOR_WEBHOOK_ENCRYPTION_KEY decrypts its "
+                    "secret; rotate it (POST /api/v1/webhooks/%d/rotate-secret)",
+                    row["id"],
+                    row["id"],
+                )
+                continue
+            if (current, previous, None) == (
+                row["secret_ciphertext"],
+                row["previous_secret_ciphertext"],
+                row["secret"],
+            ):
+                continue
+            await self._all(
+                "reseal_secrets",
+                id=row["id"],
+                secret_ciphertext=current,
+                previous_secret_ciphertext=previous,
+                was_secret=row["secret"],
+                was_secret_ciphertext=row["secret_ciphertext"],
+                was_previous_secret_ciphertext=row["previous_secret_ciphertext"],
+            )
+            changed += 1
+        return changed
+
     async def enqueue_silent(self, policy: Policy) -> int:
         """session.silent for sessions silent for half the abandon threshold; how many new."""
         rows = await self._all(
@@ -115,6 +184,7 @@ class WebhookStore:
 
     async def delete_old(self, keep: timedelta) -> None:
         await self._all("delete_old", keep=keep)
+        await self._all("forget_expired_secrets")
 
     async def scrape_counts(self) -> tuple[int, int]:
         """(active sessions with time left, pending deliveries), for /metrics."""
@@ -132,15 +202,27 @@ class WebhookStore:
         description: str | None,
         secret: str | None = None,
     ) -> Row:
+        """The new endpoint, with its secret in clear under `secret` (for this answer only)."""
+        secret = secret or new_secret()
         rows = await self._all(
             "create_endpoint",
             url=url,
-            secret=secret or new_secret(),
+            secret_ciphertext=self.box.encrypt(secret),
             event_types=event_types,
             include_answers=include_answers,
             description=description,
         )
-        return rows[0]
+        return {**rows[0], "secret": secret}
+
+    async def rotate_secret(self, endpoint_id: int, *, keep: timedelta) -> Row | None:
+        """A new secret (in clear under `secret`); the current one signs too for `keep`.
+        None when there is no active staff-registered endpoint `endpoint_id`."""
+        await self.reseal()  # a clear 0002 secret becomes the previous one, encrypted
+        secret = new_secret()
+        rows = await self._all(
+            "rotate_secret", id=endpoint_id, keep=keep, secret_ciphertext=self.box.encrypt(secret)
+        )
+        return {**rows[0], "secret": secret} if rows else None
 
     async def list_endpoints(self) -> list[Row]:
         return await self._all("list_endpoints")
@@ -168,6 +250,7 @@ class WebhookStore:
         candidate_id: str | None = None,
         before_id: int | None = None,
         limit: int = 50,
+        delivery_id: int | None = None,
     ) -> list[Row]:
         return await self._all(
             "list_deliveries",
@@ -175,4 +258,9 @@ class WebhookStore:
             candidate_id=candidate_id,
             before_id=before_id,
             limit=limit,
+            id=delivery_id,
         )
+
+    async def retry(self, delivery_id: int) -> bool:
+        """Make a failed delivery due now; False when it is not failed or its endpoint is off."""
+        return bool(await self._all("retry_delivery", id=delivery_id))

@@ -20,6 +20,9 @@ LOCKED) until its `stop` event is set:
   POST, and every transaction it makes is short.
 - session.silent: every `silent_scan_interval` it looks for active sessions with no heartbeat
   for half the abandon threshold and enqueues one event per silence.
+- 410 Gone: the receiver wants no more; the endpoint is turned off (Standard Webhooks).
+- Signed anew for each attempt (webhook-timestamp is the attempt's), so a retry hours later
+  still passes the receiver's five-minute tolerance.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from invigilator.domain import remaining_seconds as remaining
 from invigilator.views import SessionOut, SessionWithAnswers
 from invigilator.webhooks import sign
 from invigilator.webhooks.outbox import Claimed, WebhookStore
+from invigilator.webhooks.vault import SecretBox
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +85,18 @@ def backoff(attempts: int, base: float, cap: float) -> float:
     return float(delay / 2 + _random.uniform(0, delay / 2))
 
 
+def env_secrets(secret: str | None) -> tuple[str, ...]:
+    """INVIGILATOR_WEBHOOK_SECRET: one secret, or several separated by spaces (a rotation)."""
+    return tuple(secret.split()) if secret else ()
+
+
 class DeliveryWorker:
     def __init__(
         self,
         pool: AsyncConnectionPool[Any],
         policy: Policy,
         *,
+        box: SecretBox,
         env_url: str | None = None,
         env_secret: str | None = None,
         env_include_answers: bool = False,
@@ -103,10 +113,10 @@ class DeliveryWorker:
             Settings.model_construct(
                 webhook_url=env_url, webhook_secret=SecretStr(env_secret) if env_secret else None
             ).check()
-        self.outbox = WebhookStore(pool)
+        self.outbox = WebhookStore(pool, box)
         self.policy = policy
         self.env_url = env_url
-        self.env_secret = env_secret
+        self.env_secrets = env_secrets(env_secret)
         self.env_include_answers = env_include_answers
         self.timeout = timeout
         self.poll_interval = poll_interval
@@ -126,6 +136,7 @@ class DeliveryWorker:
         return cls(
             pool,
             s.policy(),
+            box=SecretBox.from_settings(s),
             env_url=s.webhook_url,
             env_secret=s.webhook_secret.get_secret_value() if s.webhook_secret else None,
             env_include_answers=s.webhook_include_answers,
@@ -150,8 +161,10 @@ class DeliveryWorker:
     # --- one step each ------------------------------------------------------------------------
 
     async def sync(self) -> None:
-        """Bring the INVIGILATOR_WEBHOOK_URL endpoint in line with this process's settings."""
+        """Bring the INVIGILATOR_WEBHOOK_URL endpoint in line with this process's settings, and
+        every stored secret under the current encryption key."""
         await self.outbox.sync_env_endpoint(self.env_url, include_answers=self.env_include_answers)
+        await self.outbox.reseal()
         self.synced = True
 
     async def scan_silent(self) -> int:
@@ -164,34 +177,39 @@ class DeliveryWorker:
     async def deliver_batch(self, client: httpx.AsyncClient) -> int:
         """Claim what is due (up to `concurrency`), send it all at once; how many were claimed."""
         batch = await self.outbox.claim(
-            self.concurrency, self.lease, env_secret_known=self.env_secret is not None
+            self.concurrency, self.lease, env_secret_known=bool(self.env_secrets)
         )
         if batch:
             await asyncio.gather(*(self._attempt(client, d) for d in batch))
         return len(batch)
 
     async def _attempt(self, client: httpx.AsyncClient, delivery: Claimed) -> None:
-        secret = self.env_secret if delivery.from_env else delivery.secret
-        assert secret is not None  # claim_due skips the env endpoint when its secret is unknown
-        body = render_body(delivery)
-        headers = {
-            "Content-Type": "application/json",
-            sign.HEADER: sign.sign(secret, body),
-            "Invigilator-Event-Id": delivery.event_id,
-            "Invigilator-Event-Type": delivery.type,
-            "Invigilator-Delivery-Attempt": str(delivery.attempts),
-        }
+        secrets = self.env_secrets if delivery.from_env else delivery.secrets
         status: int | None = None
         started = time.perf_counter()
-        try:
-            response = await client.post(delivery.url, content=body, headers=headers)
-            status = response.status_code
-            error = "" if 200 <= status < 300 else f"HTTP {status}: {response.text[:200]}"
-            reason = f"http_{status}"
-        except httpx.TimeoutException:
-            error, reason = f"no answer within {self.timeout:g}s", "timeout"
-        except httpx.HTTPError as exc:
-            error, reason = f"{type(exc).__name__}: {exc}"[:300], "connection"
+        if not secrets:  # claim_due skips the env endpoint when its secrets are unknown
+            error = (
+                "no INVIGILATOR_WEBHOOK_ENCRYPTION_KEY decrypts this endpoint's secret; rotate "
+                f"it (POST /api/v1/webhooks/{delivery.endpoint_id}/rotate-secret)"
+            )
+            reason = "secret_unreadable"
+        else:
+            body = render_body(delivery)
+            headers = {
+                "Content-Type": "application/json",
+                **sign.headers(secrets, delivery.event_id, body),
+                "Invigilator-Event-Type": delivery.type,
+                "Invigilator-Delivery-Attempt": str(delivery.attempts),
+            }
+            try:
+                response = await client.post(delivery.url, content=body, headers=headers)
+                status = response.status_code
+                error = "" if 200 <= status < 300 else f"HTTP {status}: {response.text[:200]}"
+                reason = f"http_{status}"
+            except httpx.TimeoutException:
+                error, reason = f"no answer within {self.timeout:g}s", "timeout"
+            except httpx.HTTPError as exc:
+                error, reason = f"{type(exc).__name__}: {exc}"[:300], "connection"
         metrics.WEBHOOK_LATENCY.observe(time.perf_counter() - started)
         try:
             if not error and status is not None:
@@ -206,6 +224,17 @@ class DeliveryWorker:
                 )
                 return
             metrics.WEBHOOK_FAILURES.labels(reason=reason).inc()
+            if status == 410:
+                await self.outbox.gone(delivery.id, error)
+                metrics.WEBHOOK_GIVEN_UP.labels(type=delivery.type).inc()
+                log.warning(
+                    "webhook endpoint %d disabled: its receiver answered 410 Gone "
+                    "(delivery %d, %s)",
+                    delivery.endpoint_id,
+                    delivery.id,
+                    delivery.type,
+                )
+                return
             delay = backoff(delivery.attempts, self.backoff_base, self.backoff_max)
             gave_up = await self.outbox.failed_attempt(
                 delivery.id,
@@ -276,9 +305,12 @@ async def start(
 ) -> asyncio.Task[None] | None:
     """For the app's lifespan: the worker as a task (None when disabled). The environment's
     endpoint is synced before the app serves, when the database answers in time."""
-    if not settings.webhook_worker_enabled:
-        return None
     worker = DeliveryWorker.from_settings(pool, settings)
+    if not settings.webhook_worker_enabled:
+        # The staff API still creates and rotates secrets: those under an older key move on.
+        with contextlib.suppress(InvigilatorError, TimeoutError):
+            await asyncio.wait_for(worker.outbox.reseal(), settings.db_connect_timeout_seconds)
+        return None
     with contextlib.suppress(InvigilatorError, TimeoutError):
         await asyncio.wait_for(worker.sync(), settings.db_connect_timeout_seconds)
     return asyncio.create_task(worker.run(stop), name="webhooks")

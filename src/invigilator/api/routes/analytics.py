@@ -10,9 +10,10 @@ from fastapi import APIRouter, Query, Response
 
 from invigilator import analytics, charts
 from invigilator.api.deps import RuntimeDep, StaffDep
+from invigilator.api.problems import responses
 from invigilator.domain import InvalidInput
 
-router = APIRouter(tags=["analytics"])
+router = APIRouter(tags=["analytics"], responses=responses(401, 422, 503))
 
 Bound = Annotated[
     str | None,
@@ -25,7 +26,7 @@ def _bounds(since: str | None, until: str | None, tz: str) -> tuple[datetime | N
     return tuple(analytics.parse_bound(b, tz) if b else None for b in (since, until))
 
 
-@router.get("/api/v1/analytics/summary")
+@router.get("/api/v1/analytics/summary", response_model=analytics.Summary)
 async def summary(
     staff: StaffDep, runtime: RuntimeDep, since: Bound = None, until: Bound = None, tz: Zone = "UTC"
 ) -> dict[str, Any]:
@@ -36,7 +37,7 @@ async def summary(
     return dict(result)
 
 
-@router.get("/api/v1/sessions/live")
+@router.get("/api/v1/sessions/live", response_model=analytics.Live)
 async def live(
     staff: StaffDep, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 500
 ) -> dict[str, Any]:
@@ -47,7 +48,12 @@ async def live(
 @router.get(
     "/api/v1/analytics/charts/{name}.svg",
     response_class=Response,
-    responses={200: {"content": {"image/svg+xml": {}}}},
+    responses={
+        200: {
+            "description": "The chart, as SVG",
+            "content": {"image/svg+xml": {"schema": {"type": "string"}}},
+        }
+    },
 )
 async def chart(
     name: str,

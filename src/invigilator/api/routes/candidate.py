@@ -17,9 +17,16 @@ from invigilator.api.deps import (
     candidate_from_token,
 )
 from invigilator.api.paths import HEARTBEAT_PATH
-from invigilator.api.problems import ApiError
+from invigilator.api.problems import ApiError, responses
 
-router = APIRouter(prefix="/api/v1/sessions/{candidate_id}", tags=["candidate"])
+router = APIRouter(
+    prefix="/api/v1/sessions/{candidate_id}",
+    tags=["candidate"],
+    responses=responses(
+        401, 403, 404, 422, 429, 503, s403="`forbidden`: the token opens another session."
+    ),
+)
+ENDED = "`session_ended`: the session is over; the body says how it ended."
 
 
 @router.get("/state", response_model=schemas.SessionWithAnswers)
@@ -30,7 +37,11 @@ async def state(
     return schemas.SessionWithAnswers(**schemas.session_fields(await sessions.read(candidate_id)))
 
 
-@router.post(HEARTBEAT_PATH.removeprefix(router.prefix), response_model=schemas.HeartbeatResponse)
+@router.post(
+    HEARTBEAT_PATH.removeprefix(router.prefix),
+    response_model=schemas.HeartbeatResponse,
+    responses=responses(409, 413, s409=ENDED),
+)
 async def heartbeat(
     candidate_id: CandidateDep,
     sessions: SessionsDep,
@@ -41,13 +52,13 @@ async def heartbeat(
     return schemas.heartbeat_response(clock, sessions.policy)
 
 
-@router.post("/activity", response_model=schemas.Clock)
+@router.post("/activity", response_model=schemas.Clock, responses=responses(409, 413, s409=ENDED))
 async def activity(candidate_id: CandidateDep, sessions: SessionsDep) -> schemas.Clock:
     """The candidate typed, clicked or scrolled."""
     return schemas.Clock(**schemas.clock(await sessions.record_activity(candidate_id)))
 
 
-@router.post("/events", status_code=204)
+@router.post("/events", status_code=204, responses=responses(409, 413, s409=ENDED))
 async def client_event(
     candidate_id: CandidateDep, body: schemas.ClientEventRequest, sessions: SessionsDep
 ) -> Response:
@@ -56,7 +67,9 @@ async def client_event(
     return Response(status_code=204)
 
 
-@router.post("/sections", response_model=schemas.SessionOut)
+@router.post(
+    "/sections", response_model=schemas.SessionOut, responses=responses(409, 413, s409=ENDED)
+)
 async def complete_section(
     candidate_id: CandidateDep, body: schemas.SectionRequest, sessions: SessionsDep
 ) -> schemas.SessionOut:
@@ -65,7 +78,9 @@ async def complete_section(
     return schemas.SessionOut(**schemas.session_fields(session, answers=False))
 
 
-@router.patch("/answers", response_model=schemas.SaveResponse)
+@router.patch(
+    "/answers", response_model=schemas.SaveResponse, responses=responses(409, 413, s409=ENDED)
+)
 async def save_answers(
     candidate_id: CandidateDep, body: schemas.AnswersRequest, sessions: SessionsDep
 ) -> schemas.SaveResponse:
@@ -79,7 +94,7 @@ async def save_answers(
     )
 
 
-@router.post("/complete", response_model=schemas.CompleteResponse)
+@router.post("/complete", response_model=schemas.CompleteResponse, responses=responses(413))
 async def complete(candidate_id: CandidateDep, sessions: SessionsDep) -> schemas.CompleteResponse:
     """Submit the test. Idempotent: a repeat returns the stored outcome."""
     return schemas.complete_response(*await sessions.complete(candidate_id))
@@ -88,11 +103,22 @@ async def complete(candidate_id: CandidateDep, sessions: SessionsDep) -> schemas
 @router.post(
     "/tab-close",
     status_code=204,
+    responses=responses(413),
     openapi_extra={
         "requestBody": {
             "description": 'What navigator.sendBeacon sends: {"token": "…"} as text/plain '
-            "(beacons carry no headers), or the bare token.",
-            "content": {"text/plain": {"schema": {"type": "string"}}},
+            "(beacons carry no headers), or the bare token; the same JSON as "
+            "application/json from anything else.",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"token": {"type": "string"}},
+                        "required": ["token"],
+                    }
+                },
+                "text/plain": {"schema": {"type": "string"}},
+            },
         }
     },
 )

@@ -12,9 +12,10 @@ from fastapi import APIRouter, Query, Response
 
 from invigilator.api import schemas, tokens
 from invigilator.api.deps import CandidateIdPath, RuntimeDep, SessionsDep, StaffDep
+from invigilator.api.problems import responses
 from invigilator.domain import InvalidInput, Status
 
-router = APIRouter(prefix="/api/v1/sessions", tags=["staff"])
+router = APIRouter(prefix="/api/v1/sessions", tags=["staff"], responses=responses(401, 422, 503))
 
 
 def _encode_cursor(start: datetime, candidate_id: str) -> str:
@@ -35,7 +36,21 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     "",
     response_model=schemas.StartResponse,
     status_code=201,
-    responses={200: {"description": "The candidate's active session, with a fresh token"}},
+    responses={
+        200: {
+            "model": schemas.StartResponse,
+            "description": "The candidate's session was already active: it, with a fresh token",
+        },
+        201: {"description": "A new session, with the candidate's token"},
+        **responses(
+            403,
+            404,
+            409,
+            413,
+            s404="`candidate_not_found` (without `create_candidate`).",
+            s409="`session_already_ended`: this candidate's session is over.",
+        ),
+    },
 )
 async def start_session(
     body: schemas.StartRequest,
@@ -83,14 +98,14 @@ async def list_sessions(
     )
 
 
-@router.get("/{candidate_id}", response_model=schemas.SessionWithAnswers)
+@router.get("/{candidate_id}", response_model=schemas.SessionWithAnswers, responses=responses(404))
 async def get_session(
     candidate_id: CandidateIdPath, staff: StaffDep, sessions: SessionsDep
 ) -> schemas.SessionWithAnswers:
     return schemas.SessionWithAnswers(**schemas.session_fields(await sessions.read(candidate_id)))
 
 
-@router.get("/{candidate_id}/events", response_model=schemas.Timeline)
+@router.get("/{candidate_id}/events", response_model=schemas.Timeline, responses=responses(404))
 async def session_events(
     candidate_id: CandidateIdPath, staff: StaffDep, sessions: SessionsDep
 ) -> schemas.Timeline:
@@ -105,7 +120,11 @@ async def session_events(
     )
 
 
-@router.post("/{candidate_id}/extend", response_model=schemas.SessionWithAnswers)
+@router.post(
+    "/{candidate_id}/extend",
+    response_model=schemas.SessionWithAnswers,
+    responses=responses(403, 404, 409, 413, s409="`session_ended`: too late to extend."),
+)
 async def extend_session(
     candidate_id: CandidateIdPath,
     body: schemas.ExtendRequest,
@@ -119,7 +138,11 @@ async def extend_session(
     return schemas.SessionWithAnswers(**schemas.session_fields(session))
 
 
-@router.post("/{candidate_id}/end", response_model=schemas.CompleteResponse)
+@router.post(
+    "/{candidate_id}/end",
+    response_model=schemas.CompleteResponse,
+    responses=responses(403, 404, 413),
+)
 async def end_session(
     candidate_id: CandidateIdPath, body: schemas.EndRequest, staff: StaffDep, sessions: SessionsDep
 ) -> schemas.CompleteResponse:
