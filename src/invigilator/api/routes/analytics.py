@@ -36,7 +36,7 @@ async def summary(
     return dict(result)
 
 
-@router.get("/api/v1/sessions/live")
+@router.get("/api/v1/live")
 async def live(
     staff: StaffDep, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 500
 ) -> dict[str, Any]:

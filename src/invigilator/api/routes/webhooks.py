@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from invigilator.api.deps import RuntimeDep, StaffDep
 from invigilator.api.problems import ApiError
-from invigilator.domain import InvalidInput
+from invigilator.validation import check_webhook_url
 from invigilator.webhooks.outbox import WebhookStore
 
 router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
@@ -22,6 +21,7 @@ EventType = Literal[
     "session.abandoned",
     "session.time_extended",
     "session.silent",
+    "session.erased",
 ]
 
 
@@ -37,7 +37,9 @@ class EndpointIn(BaseModel):
     event_types: list[EventType] | None = Field(
         None, description="Only these event types; every type when omitted."
     )
-    include_answers: bool = Field(False, description="Include the session's pending_answers.")
+    include_answers: bool = Field(
+        False, strict=True, description="Include the session's pending_answers."
+    )
     description: str | None = Field(None, max_length=500)
 
 
@@ -61,7 +63,7 @@ class DeliveryOut(BaseModel):
     id: int
     event_id: str
     type: str
-    candidate_id: str
+    candidate_id: str | None = Field(description="None for session.erased (names no one)")
     endpoint_id: int
     url: str
     status: Literal["pending", "delivered", "failed"]
@@ -79,13 +81,6 @@ class DeliveryPage(BaseModel):
     next_before_id: int | None = Field(description="Pass as before_id for the next page.")
 
 
-def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput("url must be an http:// or https:// URL with a host", field="url")
-    return url
-
-
 def _endpoint(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k in EndpointOut.model_fields}
 
@@ -94,7 +89,7 @@ def _endpoint(row: dict[str, Any]) -> dict[str, Any]:
 async def create_endpoint(body: EndpointIn, staff: StaffDep, outbox: OutboxDep) -> EndpointCreated:
     """Register an endpoint. Its signing secret is in this response only: keep it."""
     row = await outbox.create_endpoint(
-        _check_url(body.url),
+        check_webhook_url(body.url),
         event_types=list(dict.fromkeys(body.event_types)) if body.event_types else None,
         include_answers=body.include_answers,
         description=body.description,
@@ -126,7 +121,7 @@ async def deliveries(
             **{
                 **r,
                 "event_id": str(r["event_id"]),
-                "candidate_id": str(r["candidate_id"]),
+                "candidate_id": None if r["candidate_id"] is None else str(r["candidate_id"]),
             }
         )
         for r in rows
