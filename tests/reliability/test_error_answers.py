@@ -91,8 +91,8 @@ async def test_a_500_carries_every_header(
         async def broken(*args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("a bug, not the client's fault")
 
-        monkeypatch.setattr(runtime.store, "get", broken)
-        monkeypatch.setattr(runtime.heartbeats, "beat", broken)
+        monkeypatch.setattr(runtime.sessions, "read", broken)
+        monkeypatch.setattr(runtime.sessions, "heartbeat", broken)
         headers = {**api.bearer(token), "Origin": ORIGIN, "X-Request-ID": "req-500"}
         for response in (
             await api.client.get("/api/v1/sessions/alice/state", headers=headers),

