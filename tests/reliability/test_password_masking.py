@@ -16,8 +16,8 @@ from faults import in_process_api, report
 from psycopg.conninfo import conninfo_to_dict
 
 from apitools import make_settings
-from invigilator.api.observability import JsonFormatter, TextFormatter
 from invigilator.db.url import mask_url, scrub
+from invigilator.logs import JsonFormatter, TextFormatter
 
 
 def hostile_password(special: str) -> str:
