@@ -19,7 +19,7 @@ minutes = lambda n: timedelta(minutes=n)  # noqa: E731
 
 
 async def _a_session_with_a_history(store: SessionStore, db: psycopg.Connection[Any]) -> str:
-    cid = add_candidate(db, "cand-[bold]7")  # markup-like text is shown as it is
+    cid = add_candidate(db, "cand:bold+7")  # ids hold no markup now (validation.NAME_CHARACTERS)
     await store.start(cid, duration_minutes=45, planned_sections=["reading", "maths"])
     await store.heartbeat(cid)
     await store.save_answers(cid, {"q1": "SECRET-ANSWER-ONE", "q2": {"x": "SECRET-TWO"}}, seq=1)

@@ -12,8 +12,8 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from invigilator.domain import ConfigurationError, Policy, TabClosePolicy
-from invigilator.validation import Limits
+from invigilator.domain import ConfigurationError, InvalidInput, Policy, TabClosePolicy
+from invigilator.validation import Limits, check_webhook_url
 
 
 def _default_data_dir() -> Path:
@@ -57,6 +57,14 @@ class Settings(BaseSettings):
     max_answers_per_save: int = Field(default=200, ge=1)
     max_sections: int = Field(default=100, ge=1)
     max_json_depth: int = Field(default=16, ge=2)
+    # Bounded reads: a request's headers, then its body, must arrive within these (slow or
+    # stalled clients). Headers: the connection is closed; a body: 408 problem+json.
+    read_headers_timeout_seconds: float = Field(default=10, gt=0)
+    read_body_timeout_seconds: float = Field(default=30, gt=0)
+
+    # Retention: answers and timelines of sessions that ended longer ago are removed by the
+    # sweeper (the session rows, which the analytics count, stay). None: kept.
+    retention_days: float | None = Field(default=None, gt=0)
 
     # Rate limits on the candidate API (api/ratelimit.py): per minute, after a burst; 0 = off.
     # Token buckets in each worker process: with N workers the limits are N times these.
@@ -131,8 +139,11 @@ class Settings(BaseSettings):
                 "INVIGILATOR_WEBHOOK_SECRET must be set with INVIGILATOR_WEBHOOK_URL "
                 "(every webhook is signed)"
             )
-        if self.webhook_url and not self.webhook_url.startswith(("http://", "https://")):
-            raise ConfigurationError("INVIGILATOR_WEBHOOK_URL must be an http:// or https:// URL")
+        if self.webhook_url:
+            try:
+                check_webhook_url(self.webhook_url)
+            except InvalidInput as exc:
+                raise ConfigurationError(f"INVIGILATOR_WEBHOOK_URL: {exc.message}") from None
         # Receivers' libraries base64-decode what follows whsec_: anything else verifies
         # differently in one or another, so it is refused here, before anything starts.
         from invigilator.webhooks.vault import parse_keys, secret_problem
@@ -160,6 +171,10 @@ class Settings(BaseSettings):
         except ConfigurationError as exc:
             raise ValueError(exc.message) from None
         return self
+
+    def retention(self) -> timedelta | None:
+        """INVIGILATOR_RETENTION_DAYS as the sweeper takes it (None: keep everything)."""
+        return timedelta(days=self.retention_days) if self.retention_days else None
 
     @field_validator("admin_keys", "cors_origins", "webhook_encryption_key", mode="before")
     @classmethod

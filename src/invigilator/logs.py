@@ -32,7 +32,8 @@ _STANDARD_ATTRS = frozenset(
 _REDACT = (
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
     (re.compile(r"(?i)(password\s*[=:]\s*)[^\s&,;]+"), r"\1***"),
-    (re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),
+    # greedy to the last @: an unescaped @ may be part of the password (db/url.py)
+    (re.compile(r"(://[^:/@\s]+:)\S*@"), r"\1***@"),
 )
 
 

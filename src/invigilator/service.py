@@ -26,8 +26,9 @@ from invigilator.domain import (
     Status,
 )
 from invigilator.heartbeats import HeartbeatBatcher
+from invigilator.privacy import Erasure, PrivacyStore, Purged
 from invigilator.store import SessionStore
-from invigilator.validation import Limits, check_answers, check_name
+from invigilator.validation import Limits, check_answers, check_candidate_id, check_name
 
 #: How staff may end a session, and the completion method each outcome is recorded with.
 STAFF_OUTCOMES: dict[str, Method] = {"submit": Method.ADMIN, "terminate": Method.ADMIN_TERMINATED}
@@ -50,6 +51,7 @@ class Sessions:
         self.store = store
         self.limits = limits
         self.heartbeats = heartbeats
+        self.privacy = PrivacyStore(store.pool)
 
     @property
     def policy(self) -> Policy:
@@ -67,6 +69,7 @@ class Sessions:
         create_candidate: bool = False,
     ) -> Started:
         """Start a candidate's session; repeating it for an active session returns that one."""
+        check_candidate_id(candidate_id)
         if sections is not None:
             if len(sections) > self.limits.max_sections:
                 raise InvalidInput(f"at most {self.limits.max_sections} sections", field="sections")
@@ -111,6 +114,19 @@ class Sessions:
         self, silent_for: timedelta | None = None, limit: int = 1000
     ) -> list[Session]:
         return await self.store.find_abandoned(silent_for, limit)
+
+    async def erase(self, candidate_id: str, *, actor: str) -> Erasure:
+        """Right to erasure: the session, its answers, timeline and webhook deliveries go; an
+        audit record without personal data stays, and a session.erased webhook is queued."""
+        check_candidate_id(candidate_id)
+        return await self.privacy.erase(candidate_id, actor=actor)
+
+    async def end_staff_sign_in(self, sign_in_id: str, expires_at: datetime) -> None:
+        """A dashboard sign-out: the cookie is refused by every process from now on."""
+        await self.privacy.sign_out(sign_in_id, expires_at)
+
+    async def staff_sign_in_ended(self, sign_in_id: str) -> bool:
+        return await self.privacy.is_signed_out(sign_in_id)
 
     # --- the candidate's page -----------------------------------------------------------------
 
@@ -157,3 +173,8 @@ class Sessions:
     async def sweep(self, batch_size: int) -> list[Ended]:
         """End up to `batch_size` due sessions in one transaction (one sweeper batch)."""
         return await self.store.finalize_due(batch_size)
+
+    async def purge_ended(self, keep: timedelta, batch_size: int) -> Purged:
+        """Retention: the answers and timelines of up to `batch_size` sessions that ended more
+        than `keep` ago go, in one transaction (one sweeper batch); the rows stay."""
+        return await self.privacy.purge_ended(keep, batch_size)

@@ -22,10 +22,12 @@ import contextlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 from typing import Protocol
 
 from invigilator import metrics
 from invigilator.domain import DatabaseUnavailable, Ended, InvigilatorError, Method
+from invigilator.privacy import Purged
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class Sweeps(Protocol):
     """What a sweeper drives: `service.Sessions`, or a stand-in in a unit test."""
 
     async def sweep(self, batch_size: int) -> list[Ended]: ...
+
+    async def purge_ended(self, keep: timedelta, batch_size: int) -> Purged: ...
 
 
 async def sweep_once(
@@ -73,7 +77,14 @@ def describe(counts: Counter[Method]) -> str:
 class Sweeper:
     """Sweeps every `interval` seconds until told to stop; survives the database going away."""
 
-    def __init__(self, sessions: Sweeps, *, interval: float, batch_size: int) -> None:
+    def __init__(
+        self,
+        sessions: Sweeps,
+        *,
+        interval: float,
+        batch_size: int,
+        retention: timedelta | None = None,
+    ) -> None:
         if interval <= 0:
             raise ValueError("interval must be positive")
         if batch_size < 1:
@@ -81,6 +92,10 @@ class Sweeper:
         self.sessions = sessions
         self.interval = interval
         self.batch_size = batch_size
+        #: INVIGILATOR_RETENTION_DAYS: answers and timelines of sessions ended longer ago go.
+        self.retention = retention
+        #: Sessions whose answers and timeline this sweeper removed (retention).
+        self.purged = 0
         #: Sessions this sweeper has ended since it was made, by method.
         self.finalized: Counter[Method] = Counter()
         #: Passes run, and passes that failed (the database unavailable, or worse).
@@ -97,6 +112,8 @@ class Sweeper:
             await sweep_once(
                 self.sessions, batch_size=self.batch_size, stop=stop, on_batch=committed.extend
             )
+            if self.retention is not None:
+                await self._purge(self.retention, stop)
         except DatabaseUnavailable as exc:
             self.failures += 1
             log.warning("sweeper: %s (next try in %gs)", exc.message, self.interval)
@@ -111,6 +128,23 @@ class Sweeper:
             self._report(committed)
             metrics.observe_sweep(committed, failed=self.failures > failures_before)
         return committed
+
+    async def _purge(self, keep: timedelta, stop: asyncio.Event | None) -> None:
+        """The retention rule, in batches of `batch_size` (one transaction each) until one
+        comes back short; a set `stop` ends it between batches."""
+        while True:
+            batch = await self.sessions.purge_ended(keep, self.batch_size)
+            self.purged += batch.sessions
+            if batch.sessions:
+                log.info(
+                    "retention: removed the answers and timeline of %d session(s) "
+                    "(%d event(s), %d webhook delivery(ies))",
+                    batch.sessions,
+                    batch.events,
+                    batch.deliveries,
+                )
+            if batch.sessions < self.batch_size or (stop is not None and stop.is_set()):
+                return
 
     def _report(self, committed: list[Ended]) -> None:
         if not committed:

@@ -1,4 +1,5 @@
-"""Input rules the database cannot state well: sizes, depth, encodable text.
+"""Input rules: the alphabet of ids and names (which the database states too), and what it
+cannot state well: sizes, depth, encodable text, numbers that keep their value.
 
 Checked before anything is written, so bad input gets a 4xx with a stable code and changes
 nothing. Pure functions over plain values.
@@ -11,12 +12,22 @@ import math
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
-from invigilator.domain import InvalidInput, PayloadTooLarge
+from invigilator.domain import MAX_CANDIDATE_ID_LENGTH, InvalidInput, PayloadTooLarge
 
-#: Identifiers and names: printable, no control characters (they end up in logs and CSVs).
-PRINTABLE = re.compile(r"^[^\x00-\x1f\x7f]+$")
+#: The one alphabet of candidate ids, section names and answer keys: what host applications
+#: use as keys (UUIDs, ULIDs, slugs, emails, `part:question` names) and nothing that can
+#: change a URL path (`/`; `.` and `..` alone, hence at least one letter or digit), break a
+#: log line or a CSV (controls, U+2028/2029, a trailing newline), or hide as whitespace. The
+#: database states the same rule (migration 0005).
+NAME_CHARACTERS = r"A-Za-z0-9._:@+-"
 MAX_NAME_LENGTH = 128
+#: The alphabet, with at least one letter or digit; lengths are checked apart. Written for
+#: pydantic's regex engine too, where `$` is the end of the text (Python's `re.match` would
+#: also accept a trailing newline before `$`: `fullmatch` below does not).
+NAME_PATTERN = f"^[{NAME_CHARACTERS}]*[A-Za-z0-9][{NAME_CHARACTERS}]*$"
+_NAME = re.compile(NAME_PATTERN[1:-1])
 MAX_SEQ = 2**53 - 1  # the largest integer a browser's JSON numbers hold exactly
 
 
@@ -31,10 +42,36 @@ class Limits:
     max_json_depth: int
 
 
+def is_name(value: object, max_length: int = MAX_NAME_LENGTH) -> bool:
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= max_length
+        and _NAME.fullmatch(value) is not None
+    )
+
+
+def is_candidate_id(value: object) -> bool:
+    return is_name(value, MAX_CANDIDATE_ID_LENGTH)
+
+
+def check_candidate_id(value: str, what: str = "candidate_id") -> str:
+    if not is_candidate_id(value):
+        raise InvalidInput(
+            f"{what} must be 1–{MAX_CANDIDATE_ID_LENGTH} of the characters {NAME_CHARACTERS}, "
+            "with a letter or digit",
+            field=what,
+        )
+    return value
+
+
 def check_name(value: str, what: str) -> str:
-    if not value or len(value) > MAX_NAME_LENGTH or not PRINTABLE.match(value):
-        raise InvalidInput(f"{what} must be 1–{MAX_NAME_LENGTH} printable characters", field=what)
-    _check_text(value, what)
+    """A section name or an answer key: the candidate id's alphabet, up to MAX_NAME_LENGTH."""
+    if not is_name(value):
+        raise InvalidInput(
+            f"{what} must be 1–{MAX_NAME_LENGTH} of the characters {NAME_CHARACTERS}, "
+            "with a letter or digit",
+            field=what,
+        )
     return value
 
 
@@ -65,6 +102,13 @@ def _walk(value: Any, where: str, depth: int, limits: Limits) -> None:
             _walk(item, where, depth + 1, limits)
     elif isinstance(value, float) and not math.isfinite(value):
         raise InvalidInput(f"{where} contains a number JSON cannot hold", field=where)
+    elif isinstance(value, float) and abs(value) > MAX_SEQ:
+        # PostgreSQL keeps JSON numbers as numeric and writes 1e308 back as its 309 digits,
+        # which would come back as an integer past MAX_SEQ: refused now, not at the next save.
+        raise InvalidInput(
+            f"{where} contains a number too large to keep exactly (at most {MAX_SEQ})",
+            field=where,
+        )
     elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SEQ:
         raise InvalidInput(f"{where} contains a number too large to keep exactly", field=where)
 
@@ -88,3 +132,38 @@ def check_answers(answers: dict[str, Any], limits: Limits) -> None:
                 f"{limits.max_answer_bytes}",
                 limit_bytes=limits.max_answer_bytes,
             )
+
+
+#: Anything a URL must not hold as such: whitespace, controls (CR/LF would split a request
+#: line), and what urlsplit reads loosely.
+_URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f-\x9f\u2028\u2029\\<>\"{}|^`]")
+
+
+_IPV6_HOST = re.compile(r"\[[0-9A-Fa-f:.]+\](:[0-9]+)?")
+
+
+def check_webhook_url(url: str) -> str:
+    """An http(s) URL with a host and, if any, a port in 1–65535, made of URL characters."""
+    bad = InvalidInput(
+        "url must be an http:// or https:// URL with a host (and a port in 1–65535), "
+        "without spaces or control characters",
+        field="url",
+    )
+    if not isinstance(url, str) or _URL_FORBIDDEN.search(url):
+        raise bad
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises for a port that is not a number in 0–65535
+        host = parts.hostname
+    except ValueError:  # e.g. "[" (an unclosed IPv6 literal)
+        raise bad from None
+    if parts.scheme not in ("http", "https") or not host or port == 0:
+        raise bad
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    rest = url.split("://", 1)[1][len(parts.netloc) :]
+    # Brackets only around an IPv6 host (RFC 3986); anywhere else they are not URL characters.
+    if "[" in userinfo + rest or "]" in userinfo + rest:
+        raise bad
+    if "[" in hostinfo and not _IPV6_HOST.fullmatch(hostinfo):
+        raise bad
+    return url

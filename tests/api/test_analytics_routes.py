@@ -47,7 +47,7 @@ async def test_summary_has_the_documented_keys_and_matches_the_module(
 async def test_live_lists_running_sessions_with_their_clock(api: Api) -> None:
     token = (await api.start("a"))["token"]
     await api.as_candidate("POST", "a", "heartbeat", token)
-    response = await api.client.get("/api/v1/sessions/live", headers=api.staff)
+    response = await api.client.get("/api/v1/live", headers=api.staff)
     assert response.status_code == 200
     live = response.json()
     assert live["count"] == 1
@@ -72,7 +72,7 @@ async def test_charts_are_svg_and_unknown_charts_are_422(api: Api) -> None:
     "path",
     [
         "/api/v1/analytics/summary",
-        "/api/v1/sessions/live",
+        "/api/v1/live",
         "/api/v1/analytics/charts/daily_trend.svg",
     ],
 )

@@ -107,7 +107,7 @@ def test_dashboard_signs_in_follows_heartbeats_and_signs_out(
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Staff sign-in")).to_be_visible()
     assert not [c for c in page.context.cookies() if c["name"] == "invigilator_staff"]
-    status = page.evaluate("fetch('/api/v1/sessions/live').then(r => r.status)")
+    status = page.evaluate("fetch('/api/v1/live').then(r => r.status)")
     assert status == 401
 
 

@@ -26,6 +26,7 @@ from invigilator.api.routes import webhooks as webhooks_routes
 from invigilator.api.runtime import Runtime
 from invigilator.config import Settings
 from invigilator.db import connector
+from invigilator.db.url import URL_LOGGERS, ScrubPasswords
 from invigilator.domain import ConfigurationError
 from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.logs import configure_logging
@@ -54,6 +55,10 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Whatever started is stopped in reverse order, also when a later start fails.
         async with contextlib.AsyncExitStack() as running:
+            scrubbing = ScrubPasswords(url)
+            for name in URL_LOGGERS:
+                logging.getLogger(name).addFilter(scrubbing)
+                running.callback(logging.getLogger(name).removeFilter, scrubbing)
             pool = connector.pool_for(url, settings)
             await pool.open(wait=False)
             running.push_async_callback(pool.close)
@@ -79,6 +84,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
                     sessions,
                     interval=settings.sweep_interval_seconds,
                     batch_size=settings.sweep_batch_size,
+                    retention=settings.retention(),
                 )
                 running.push_async_callback(
                     _finish, asyncio.create_task(sweeper.run(stop), name="sweeper"), stop
@@ -106,7 +112,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     problems.install(app)
     docs.install(app)
     app.include_router(health.router)
-    app.include_router(analytics_routes.router)  # before staff: /sessions/live is not an id
+    app.include_router(analytics_routes.router)
     app.include_router(admin.router)
     app.include_router(staff.router)
     app.include_router(candidate.router)
@@ -124,7 +130,7 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
     cors: dict[str, Any] | None = (
         {
             "allow_origins": settings.cors_origins,
-            "allow_methods": ["GET", "POST", "PATCH"],
+            "allow_methods": ["GET", "POST", "PATCH", "DELETE"],
             "allow_headers": ["Authorization", "Content-Type"],
         }
         if settings.cors_origins
@@ -137,14 +143,18 @@ def create_app(settings: Settings | None = None, *, database_url: str | None = N
         app.heartbeat_fast_path = HeartbeatFastPath(
             app, limits, CORSMiddleware(app, **cors) if cors else None
         )
-    # Its 429s get the security (and CORS) headers added below.
+    # Innermost first. Every answer, the 413, 429 and 500 ones included, passes the CORS,
+    # security-header and request-id middleware on its way out.
+    app.add_middleware(problems.ErrorBoundary)
     app.add_middleware(RateLimit, limits=limits)
-
-    app.add_middleware(SecurityHeaders)
-
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        body_timeout=settings.read_body_timeout_seconds,
+    )
     if cors:
         app.add_middleware(CORSMiddleware, **cors)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     # Outermost: request ids, access log, metrics (api/observability.py); then GET /metrics.
     sampler = observability.install(app)
     metrics_endpoint.install(app, settings, sampler)

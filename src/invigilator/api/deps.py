@@ -16,7 +16,7 @@ from invigilator.api.problems import ApiError
 from invigilator.api.runtime import Runtime
 from invigilator.domain import MAX_CANDIDATE_ID_LENGTH
 from invigilator.service import Sessions
-from invigilator.validation import PRINTABLE
+from invigilator.validation import NAME_PATTERN
 
 STAFF_COOKIE = "invigilator_staff"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -48,8 +48,7 @@ def get_sessions(runtime: RuntimeDep) -> Sessions:
 SessionsDep = Annotated[Sessions, Depends(get_sessions)]
 Credentials = Annotated[str | None, Depends(_bearer)]
 CandidateIdPath = Annotated[
-    str,
-    Path(min_length=1, max_length=MAX_CANDIDATE_ID_LENGTH, pattern=PRINTABLE.pattern),
+    str, Path(min_length=1, max_length=MAX_CANDIDATE_ID_LENGTH, pattern=NAME_PATTERN)
 ]
 
 
@@ -81,25 +80,30 @@ def fingerprint(key: bytes) -> str:
     return hashlib.sha256(key).hexdigest()[:8]
 
 
-def staff_from_cookie(request: Request, runtime: Runtime) -> Staff | None:
+async def staff_from_cookie(request: Request, runtime: Runtime) -> Staff | None:
     """The dashboard's signed sign-in cookie, if it names a key that is still configured
-    (removing a key from INVIGILATOR_ADMIN_KEYS signs its holders out)."""
+    (removing a key from INVIGILATOR_ADMIN_KEYS signs its holders out) and it has not been
+    signed out (recorded in the database, so in every worker process)."""
     cookie = request.cookies.get(STAFF_COOKIE)
     if not cookie:
         return None
-    signed_for = tokens.verify_staff_session(cookie, runtime.secret_key)
-    if not any(hmac.compare_digest(signed_for, fingerprint(key)) for key in runtime.admin_keys):
+    sign_in = tokens.verify_staff_session(cookie, runtime.secret_key)
+    if not any(
+        hmac.compare_digest(sign_in.fingerprint, fingerprint(key)) for key in runtime.admin_keys
+    ):
         raise ApiError("unauthorized", "this staff key is no longer valid; sign in again")
-    return Staff(signed_for)
+    if await runtime.sessions.staff_sign_in_ended(sign_in.sign_in_id):
+        raise ApiError("unauthorized", "this staff sign-in has ended; sign in again")
+    return Staff(sign_in.fingerprint)
 
 
-def require_staff(request: Request, credentials: Credentials, runtime: RuntimeDep) -> Staff:
+async def require_staff(request: Request, credentials: Credentials, runtime: RuntimeDep) -> Staff:
     if credentials is not None:
         staff = match_staff_key(credentials, runtime)
         if staff is None:
             raise ApiError("unauthorized", "the staff key is not valid")
         return staff
-    staff = staff_from_cookie(request, runtime)
+    staff = await staff_from_cookie(request, runtime)
     if staff is None:
         raise ApiError("unauthorized", "a staff key is required (Authorization: Bearer <key>)")
     if credentials is None and request.method not in SAFE_METHODS and not same_origin(request):
@@ -149,12 +153,12 @@ def require_candidate(
 CandidateDep = Annotated[str, Depends(require_candidate)]
 
 
-def require_candidate_or_staff(
+async def require_candidate_or_staff(
     request: Request, candidate_id: CandidateIdPath, credentials: Credentials, runtime: RuntimeDep
 ) -> str:
     if credentials is not None and match_staff_key(credentials, runtime):
         return candidate_id
-    if credentials is None and staff_from_cookie(request, runtime) is not None:
+    if credentials is None and await staff_from_cookie(request, runtime) is not None:
         return candidate_id
     return require_candidate(candidate_id, credentials, runtime)
 

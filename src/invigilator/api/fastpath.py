@@ -4,21 +4,23 @@ more than the database write.
 
 `InvigilatorAPI` is FastAPI with one thing in front of its whole stack: `HeartbeatFastPath`
 answers `POST /api/v1/sessions/{candidate_id}/heartbeat` itself, in one pass, when everything
-is ordinary: a valid token for that candidate, a body that is empty or `{"active": bool}`,
-within the rate limits, and a session that takes the heartbeat. It does what the middleware
-would have done for that request by calling the same functions: the request id and the
-access log and metrics (`observability`), the rate limits (`ratelimit.RateLimits`), the
-security headers (`headers`). Anything else — no or bad token, another candidate's token, an
-odd body — is handed, untouched (the body read so far is replayed), to the regular stack,
-which owns those answers. Once the heartbeat is taken, the fast path answers its outcome
-itself, whatever it is: the 200, a 429 from the shared rate limits, the problem of a refused
-heartbeat (the session ended, or is unknown: `service.Sessions.heartbeat` explains it), a
-503 when the database is unavailable, a 500 for the unexpected. Both paths call the same
-service operation and answer with the same HeartbeatResponse and problem bodies.
+is ordinary: a valid token for that candidate, a body that is empty or `{"active": bool}` sent
+as JSON (the route's content-type rule), within the rate limits, and a session that takes the
+heartbeat. It does what the middleware would have done for that request by calling the same
+functions: the request id and the access log and metrics (`observability`), the rate limits
+(`ratelimit.RateLimits`), the security headers (`headers`). Anything else — no or bad token,
+another candidate's token, an odd body — is handed, untouched (the body read so far is
+replayed), to the regular stack, which owns those answers. Once the heartbeat is taken, the
+fast path answers its outcome itself, whatever it is: the 200, a 429 from the shared rate
+limits, the problem of a refused heartbeat (the session ended, or is unknown:
+`service.Sessions.heartbeat` explains it), a 503 when the database is unavailable, a 500 for
+the unexpected. Both paths call the same service operation and answer with the same
+HeartbeatResponse and problem bodies.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -35,11 +37,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from invigilator import metrics
 from invigilator.api import observability, problems, schemas, tokens
 from invigilator.api.headers import RAW_SECURITY_HEADERS
+from invigilator.api.limits import body_deadline
 from invigilator.api.paths import HEARTBEAT_PATH
 from invigilator.api.ratelimit import RateLimits
-from invigilator.domain import MAX_CANDIDATE_ID_LENGTH, InvigilatorError
+from invigilator.domain import InvigilatorError
 from invigilator.logs import REQUEST_ID
-from invigilator.validation import PRINTABLE
+from invigilator.validation import is_candidate_id
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +90,27 @@ class HeartbeatFastPath:
             candidate_id is None
             or token is None
             or runtime is None
-            or len(candidate_id) > MAX_CANDIDATE_ID_LENGTH
-            or not PRINTABLE.match(candidate_id)
+            or not is_candidate_id(candidate_id)
             or not tokens.opens(token, candidate_id, runtime.secret_key)  # before reading any body
         ):
             await regular(scope, receive, send)
             return
 
-        body, more, gone = await _read_body(receive)
+        try:
+            timeout = runtime.settings.read_body_timeout_seconds
+            async with asyncio.timeout_at(body_deadline(scope, timeout)):
+                body, more, gone = await _read_body(receive)
+        except TimeoutError:  # the route's BodySizeLimit answers the 408 (its deadline passed)
+            await regular(scope, receive, send)
+            return
         if gone:  # the client left before its body arrived: nobody to answer
             return
         replay = _replaying(body, more, receive)
-        active = None if more or len(body) > _MAX_BODY else _active(body)
+        active = (
+            None
+            if more or len(body) > _MAX_BODY or (body and not _json_content(scope["headers"]))
+            else _active(body)
+        )
         if active is None:
             await regular(scope, replay, send)
             return
@@ -175,9 +187,22 @@ class _Json:
         await send({"type": "http.response.body", "body": self.payload})
 
 
+def _json_content(headers: list[tuple[bytes, bytes]]) -> bool:
+    """FastAPI's rule for a body it reads as JSON (`strict_content_type`): a content type of
+    application/json or application/*+json. One rule on both paths: a body the route would
+    refuse is handed to it, to be refused there."""
+    for name, value in headers:
+        if name == b"content-type":
+            media = value.split(b";", 1)[0].strip().lower()
+            return media == b"application/json" or (
+                media.startswith(b"application/") and media.endswith(b"+json")
+            )
+    return False
+
+
 def _active(body: bytes) -> bool | None:
     """The `active` flag of an ordinary heartbeat body; None for anything else."""
-    if not body.strip():
+    if not body:  # as the route: only a body of no bytes at all is no body
         return False
     try:
         data: Any = json.loads(body)

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from invigilator import domain
 from invigilator.api import tokens
@@ -38,6 +39,7 @@ STATUS_OF_CODE: dict[str, int] = {
     "rate_limited": 429,
     "delivery_not_failed": 409,
     "endpoint_inactive": 409,
+    "request_timeout": 408,
 }
 
 
@@ -196,3 +198,33 @@ def install(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return unexpected_problem()
+
+
+class ErrorBoundary:
+    """The innermost middleware: an unexpected error becomes the 500 problem here, inside the
+    stack, so it passes the request id, security and CORS middleware like any answer.
+    (Starlette answers an exception from a route in ServerErrorMiddleware, outside all of
+    them; that handler stays for errors in the middleware itself.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception:
+            if started:  # half an answer is out: only closing the connection can tell
+                raise
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            await unexpected_problem()(scope, receive, send)

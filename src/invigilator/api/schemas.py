@@ -17,19 +17,19 @@ from invigilator.domain import (
     Session,
 )
 from invigilator.domain import Clock as DomainClock
-from invigilator.validation import MAX_NAME_LENGTH, MAX_SEQ, PRINTABLE
+from invigilator.validation import MAX_NAME_LENGTH, MAX_SEQ, NAME_PATTERN
 from invigilator.views import Clock as Clock
 from invigilator.views import SessionOut as SessionOut
 from invigilator.views import SessionWithAnswers as SessionWithAnswers
 from invigilator.views import clock as clock
 from invigilator.views import session_fields as session_fields
 
+# One alphabet for ids and names (validation.NAME_CHARACTERS), also in the OpenAPI document.
 CandidateId = Annotated[
-    str,
-    StringConstraints(min_length=1, max_length=MAX_CANDIDATE_ID_LENGTH, pattern=PRINTABLE.pattern),
+    str, StringConstraints(min_length=1, max_length=MAX_CANDIDATE_ID_LENGTH, pattern=NAME_PATTERN)
 ]
 SectionName = Annotated[
-    str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=PRINTABLE.pattern)
+    str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
 ]
 Reason = Annotated[str, StringConstraints(max_length=500)]
 
@@ -44,8 +44,11 @@ class StartRequest(BaseModel):
     sections: list[SectionName] | None = Field(
         None, description="The test's sections, in order; others are then refused."
     )
+    # strict booleans: JSON true/false only, not "yes" or 1
     create_candidate: bool = Field(
-        False, description="Create the candidate row when the host application has none."
+        False,
+        strict=True,
+        description="Create the candidate row when the host application has none.",
     )
 
 
@@ -63,7 +66,9 @@ class EndRequest(BaseModel):
 
 
 class HeartbeatRequest(BaseModel):
-    active: bool = Field(False, description="The candidate typed, clicked or scrolled since.")
+    active: bool = Field(
+        False, strict=True, description="The candidate typed, clicked or scrolled since."
+    )
 
 
 class SectionRequest(BaseModel):

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hmac
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -84,10 +85,20 @@ def _decode(token: str, secret: str) -> CandidateClaims:
         raise TokenExpired("the candidate token has expired") from None
     except jwt.PyJWTError:
         raise TokenInvalid("the candidate token is not valid") from None
-    subject = claims["sub"]
-    if not isinstance(subject, str):
+    subject, expires = claims["sub"], claims["exp"]
+    # PyJWT checks `exp` only against the clock: a numeric string, a float past year 9999 or
+    # a huge integer (signed with the real key) would get this far and fail as a datetime.
+    if (
+        not isinstance(subject, str)
+        or not isinstance(expires, int | float)
+        or isinstance(expires, bool)
+    ):
         raise TokenInvalid("the candidate token is not valid")
-    return CandidateClaims(subject, datetime.fromtimestamp(claims["exp"]).astimezone())
+    try:
+        expires_at = datetime.fromtimestamp(expires).astimezone()
+    except (OverflowError, OSError, ValueError):
+        raise TokenInvalid("the candidate token is not valid") from None
+    return CandidateClaims(subject, expires_at)
 
 
 # --- staff sessions (the dashboard's cookie) ------------------------------------------------
@@ -95,27 +106,45 @@ def _decode(token: str, secret: str) -> CandidateClaims:
 STAFF_AUDIENCE = "invigilator:staff"
 
 
+@dataclass(frozen=True)
+class StaffSignIn:
+    """A dashboard sign-in: the key it stands for (by fingerprint), and its own id, by which
+    signing out ends it on the server."""
+
+    fingerprint: str
+    sign_in_id: str
+    expires_at: datetime
+
+
 def issue_staff_session(fingerprint: str, secret: str, issued_at: datetime, ttl: timedelta) -> str:
     """A signed, expiring stand-in for a staff key, so the key itself never sits in a cookie."""
-    claims = {"sub": fingerprint, "aud": STAFF_AUDIENCE, "iat": issued_at, "exp": issued_at + ttl}
+    claims = {
+        "sub": fingerprint,
+        "aud": STAFF_AUDIENCE,
+        "iat": issued_at,
+        "exp": issued_at + ttl,
+        "jti": str(uuid.uuid4()),
+    }
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify_staff_session(token: str, secret: str) -> str:
-    """The staff key fingerprint a dashboard cookie was issued for."""
+def verify_staff_session(token: str, secret: str) -> StaffSignIn:
+    """The sign-in a dashboard cookie was issued for (whether it was signed out is the
+    database's to say: invigilator.privacy)."""
     try:
         claims = jwt.decode(
             token,
             secret,
             algorithms=[ALGORITHM],
             audience=STAFF_AUDIENCE,
-            options={"require": ["sub", "exp", "aud"]},
+            options={"require": ["sub", "exp", "aud", "jti"]},
         )
+        expires_at = datetime.fromtimestamp(claims["exp"], UTC)
     except jwt.ExpiredSignatureError:
         raise TokenExpired("the staff sign-in has expired; sign in again") from None
-    except jwt.PyJWTError:
+    except (jwt.PyJWTError, TypeError, ValueError, OverflowError, OSError):
         raise TokenInvalid("the staff sign-in is not valid; sign in again") from None
-    return str(claims["sub"])
+    return StaffSignIn(str(claims["sub"]), str(claims["jti"]), expires_at)
 
 
 def bearer(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

@@ -123,6 +123,11 @@ def run_server(settings: Settings, url: str, host: str, port: int, workers: int)
         out.print(f"  demo test  {base}/demo")
     # Our JSON/text logs for everything, uvicorn's included; our access line replaces uvicorn's.
     quiet: dict[str, Any] = {"log_level": "warning", "log_config": None, "access_log": False}
+    from invigilator.api import server as bounded
+
+    # Request heads have a time limit (slow loris); bodies have theirs in the app.
+    bounded.BoundedHttpToolsProtocol.headers_timeout = settings.read_headers_timeout_seconds
+    quiet["http"] = bounded.IMPORT_PATH
     if workers > 1:
         from uvicorn.supervisors import Multiprocess
 

@@ -1,5 +1,6 @@
 """`invigilator session show`: one candidate's session and its timeline, as tables or JSON.
-Answer contents are never printed: only which questions have an answer."""
+Answer contents are never printed: only which questions have an answer.
+`invigilator session erase`: the right to erasure, as the staff API's DELETE does it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from invigilator.cli.options import DatabaseUrl
 from invigilator.config import Settings
 from invigilator.db.selection import Database
 from invigilator.domain import Event, Session, SessionNotFound
+from invigilator.privacy import Erasure
+from invigilator.validation import check_candidate_id
 
 session_app = typer.Typer(help="Look at one candidate's test session.", **HELP_LAYOUT)
 app.add_typer(session_app, name="session")
@@ -62,6 +65,45 @@ def session_show(
         return
     out.print(_session_table(session))
     out.print(_timeline_table(session.candidate_id, events))
+
+
+@session_app.command("erase", short_help="Erase a session: answers, timeline, webhooks.")
+def session_erase(
+    candidate_id: Annotated[str, typer.Argument(help="The candidate whose session to erase.")],
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Erase a candidate's session: its answers, its timeline and every webhook delivery about
+    it. An audit record without personal data stays, and a session.erased webhook is queued.
+
+    Exit code 1 when the candidate has no session, or when not confirmed.
+    """
+    settings = Settings()
+    db = database(database_url, settings)
+    check_candidate_id(candidate_id)
+    if not yes and not typer.confirm(f"Erase the test session of {candidate_id!r}?"):
+        raise CommandFailed("not erased (confirm, or pass --yes)")
+    migrate_embedded(db)
+    try:
+        erasure = asyncio.run(_erase(db, settings, candidate_id))
+    except SessionNotFound:
+        raise CommandFailed(f"no test session for candidate {candidate_id!r}") from None
+    if as_json:
+        payload = {**erasure.__dict__, "erased_at": erasure.erased_at.isoformat()}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    out.print(
+        f"erased {candidate_id}: {erasure.answers_removed} answer(s), "
+        f"{erasure.events_removed} event(s), {erasure.deliveries_removed} webhook "
+        f"delivery(ies); erasure id {erasure.erasure_id}",
+        highlight=False,
+    )
+
+
+async def _erase(db: Database, settings: Settings, candidate_id: str) -> Erasure:
+    async with open_sessions(db, settings) as sessions:
+        return await sessions.erase(candidate_id, actor="cli")
 
 
 async def _load(db: Database, settings: Settings, candidate_id: str) -> tuple[Session, list[Event]]:

@@ -88,7 +88,12 @@ async def _sweep(
                 if stop.is_set():
                     err.print("stopped by a signal: the pass may be incomplete")
             else:
-                await Sweeper(sessions, interval=interval, batch_size=batch_size).run(stop)
+                await Sweeper(
+                    sessions,
+                    interval=interval,
+                    batch_size=batch_size,
+                    retention=settings.retention(),
+                ).run(stop)
 
 
 def _print(batch: list[Ended]) -> None:

@@ -37,6 +37,10 @@ _CHECK_MESSAGES = {
     "test_session_sections_is_array": "sections_completed must be a JSON array",
     "test_session_answers_is_object": "pending_answers must be a JSON object",
     "test_session_planned_sections_is_array": "sections must be a list",
+    "test_session_candidate_id_format": "candidate_id must be 1–36 of [A-Za-z0-9._:@+-], "
+    "with a letter or digit",
+    "test_session_names_format": "section names and answer keys must be 1–128 of "
+    "[A-Za-z0-9._:@+-], with a letter or digit",
 }
 
 

@@ -42,6 +42,12 @@ def webhook_queries() -> dict[str, str]:
     return parse_queries(resources.files(__name__).joinpath("webhooks.sql").read_text("utf-8"))
 
 
+@cache
+def privacy_queries() -> dict[str, str]:
+    """Staff sign-outs, erasure and retention, `invigilator.privacy` (sql/privacy.sql)."""
+    return parse_queries(resources.files(__name__).joinpath("privacy.sql").read_text("utf-8"))
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int

@@ -76,7 +76,7 @@ async function loadSummary() {
 }
 
 async function loadLive() {
-  const live = await getJSON("/api/v1/sessions/live?limit=200");
+  const live = await getJSON("/api/v1/live?limit=200");
   $("kpi-active").textContent = live.count.toLocaleString();
   $("kpi-silent").textContent = live.silent ? `${live.silent} silent` : "none silent";
   $("kpi-silent").classList.toggle("alert", live.silent > 0);

@@ -46,6 +46,11 @@ const FATAL_CODES = new Set(["token_invalid", "token_expired", "unauthorized", "
 /** Replies that refuse an answer for good (invalid, too large): retrying cannot help. */
 const REFUSED_STATUSES = new Set([400, 413, 422]);
 
+/** UTF-8 size of a string (what the server counts against its body limit). */
+function byteLength(text) {
+  return typeof TextEncoder === "undefined" ? text.length * 3 : new TextEncoder().encode(text).length;
+}
+
 /** DOM events that count as the candidate being active. */
 const ACTIVITY_EVENTS = ["keydown", "input", "pointerdown", "wheel", "touchstart", "scroll"];
 
@@ -65,6 +70,11 @@ const ACTIVITY_EVENTS = ["keydown", "input", "pointerdown", "wheel", "touchstart
  * @property {number} [heartbeatJitter=0.2] Each beat comes up to this fraction early, so that a
  *   room full of candidates does not beat in step (and never later than the server asked).
  * @property {number} [requestTimeoutMs=15000] A request taking longer counts as failed.
+ * @property {number} [maxRequestBytes=2097152] The server's request body limit
+ *   (`INVIGILATOR_MAX_BODY_BYTES`). A save larger than this is not sent: it is handled as the
+ *   server's 413 would be (split, then the answer too large on its own is refused and
+ *   reported through `onError`), because a server that refuses a body before reading it may
+ *   close the connection under the browser, which then reports a network error, not the 413.
  * @property {number} [endPollMs=2000] After the countdown reaches zero, how often to ask the
  *   server whether it has ended the session.
  * @property {boolean} [trackFocus=true] Report focus lost/regained and tab hidden/visible.
@@ -183,6 +193,7 @@ export class Invigilator {
       heartbeatSeconds: 15,
       heartbeatJitter: 0.2,
       requestTimeoutMs: 15000,
+      maxRequestBytes: 2 * 1024 * 1024,
       endPollMs: 2000,
       trackFocus: true,
       tabCloseBeacon: true,
@@ -725,6 +736,14 @@ export class Invigilator {
     const run = async () => {
       let ok = false;
       try {
+        // Not before `this._inflight` holds this run: its `finally` must clear it.
+        await Promise.resolve();
+        if (byteLength(JSON.stringify({ answers, seq })) > this._o.maxRequestBytes) {
+          throw new InvigilatorError("this answer is too large to save", {
+            status: 413,
+            code: "payload_too_large",
+          });
+        }
         const reply = await this._request("PATCH", "/answers", { answers, seq }, { keepalive: hidden });
         const acknowledged = new Set([...(reply.applied ?? []), ...(reply.superseded ?? [])]);
         for (const question of questions) {

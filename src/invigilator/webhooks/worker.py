@@ -70,12 +70,15 @@ def session_view(snapshot: dict[str, Any]) -> dict[str, Any]:
 
 def render_body(delivery: Claimed) -> bytes:
     """The exact bytes POSTed (and signed): the same for every attempt of a delivery."""
-    body = {
+    body: dict[str, Any] = {
         "id": delivery.event_id,
         "type": delivery.type,
         "created_at": delivery.created_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "session": session_view(delivery.payload),
     }
+    if delivery.type == "session.erased":  # no session left to show, and no one named
+        body["erasure"] = delivery.payload["erasure"]
+    else:
+        body["session"] = session_view(delivery.payload)
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -29,16 +29,16 @@ def _page(name: str) -> HTMLResponse:
     return HTMLResponse(html, headers={"Cache-Control": "no-store"})
 
 
-def _signed_in(request: Request, runtime: RuntimeDep) -> bool:
+async def _signed_in(request: Request, runtime: RuntimeDep) -> bool:
     try:
-        return staff_from_cookie(request, runtime) is not None
+        return await staff_from_cookie(request, runtime) is not None
     except InvigilatorError:
         return False
 
 
 @router.get("/admin")
 async def dashboard(request: Request, runtime: RuntimeDep) -> Response:
-    if not _signed_in(request, runtime):
+    if not await _signed_in(request, runtime):
         return _page("admin-login.html")
     return _page("admin.html")
 
@@ -69,7 +69,17 @@ async def login(request: Request, runtime: RuntimeDep) -> Response:
 
 
 @router.post("/admin/logout")
-async def logout(request: Request) -> Response:
+async def logout(request: Request, runtime: RuntimeDep) -> Response:
+    # Deleting the cookie only asks this browser to forget it; a copy (another tab's request
+    # in flight, a stolen cookie) would work until it expires. The sign-in ends on the server.
+    cookie = request.cookies.get(STAFF_COOKIE)
+    if cookie:
+        try:
+            sign_in = tokens.verify_staff_session(cookie, runtime.secret_key)
+        except InvigilatorError:
+            sign_in = None  # expired or forged: nothing to end
+        if sign_in is not None:
+            await runtime.sessions.end_staff_sign_in(sign_in.sign_in_id, sign_in.expires_at)
     response = RedirectResponse("/admin", status_code=303)
     response.delete_cookie(STAFF_COOKIE, path="/", httponly=True, samesite="strict")
     return response

@@ -37,7 +37,7 @@ async def summary(
     return dict(result)
 
 
-@router.get("/api/v1/sessions/live", response_model=analytics.Live)
+@router.get("/api/v1/live", response_model=analytics.Live)
 async def live(
     staff: StaffDep, runtime: RuntimeDep, limit: Annotated[int, Query(ge=1, le=10_000)] = 500
 ) -> dict[str, Any]:

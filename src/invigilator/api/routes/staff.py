@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+from pydantic import BaseModel, Field
 
 from invigilator.api import schemas, tokens
 from invigilator.api.deps import CandidateIdPath, RuntimeDep, SessionsDep, StaffDep
@@ -153,3 +154,26 @@ async def end_session(
             candidate_id, body.outcome, actor=staff.actor, reason=body.reason
         )
     )
+
+
+class ErasureOut(BaseModel):
+    """What was erased. It names no candidate: the audit record keeps just this."""
+
+    erasure_id: str
+    erased_at: datetime
+    session_status: str
+    answers_removed: int
+    events_removed: int
+    deliveries_removed: int
+    webhooks_queued: int = Field(description="session.erased deliveries queued")
+
+
+@router.delete("/{candidate_id}", response_model=ErasureOut)
+async def erase_session(
+    candidate_id: CandidateIdPath, staff: StaffDep, sessions: SessionsDep
+) -> ErasureOut:
+    """Right to erasure: remove the session, its answers, its timeline and every webhook
+    delivery about it. An audit record without personal data stays; subscribed endpoints get a
+    `session.erased` event that names no candidate."""
+    erasure = await sessions.erase(candidate_id, actor=staff.actor)
+    return ErasureOut(**{k: v for k, v in erasure.__dict__.items() if k != "actor"})

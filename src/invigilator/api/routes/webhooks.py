@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from invigilator.api.deps import RuntimeDep, StaffDep
 from invigilator.api.problems import ApiError, responses
-from invigilator.domain import InvalidInput
+from invigilator.validation import check_webhook_url
 from invigilator.webhooks.outbox import WebhookStore
 from invigilator.webhooks.vault import SecretBox
 
@@ -24,6 +23,7 @@ EventType = Literal[
     "session.abandoned",
     "session.time_extended",
     "session.silent",
+    "session.erased",
 ]
 
 
@@ -39,7 +39,9 @@ class EndpointIn(BaseModel):
     event_types: list[EventType] | None = Field(
         None, description="Only these event types; every type when omitted."
     )
-    include_answers: bool = Field(False, description="Include the session's pending_answers.")
+    include_answers: bool = Field(
+        False, strict=True, description="Include the session's pending_answers."
+    )
     description: str | None = Field(None, max_length=500)
 
 
@@ -81,7 +83,7 @@ class DeliveryOut(BaseModel):
     id: int
     event_id: str
     type: str
-    candidate_id: str
+    candidate_id: str | None = Field(description="None for session.erased (names no one)")
     endpoint_id: int
     url: str
     status: Literal["pending", "delivered", "failed"]
@@ -99,13 +101,6 @@ class DeliveryPage(BaseModel):
     next_before_id: int | None = Field(description="Pass as before_id for the next page.")
 
 
-def _check_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidInput("url must be an http:// or https:// URL with a host", field="url")
-    return url
-
-
 def _endpoint(row: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in row.items() if k in EndpointOut.model_fields}
 
@@ -116,7 +111,7 @@ def _endpoint(row: dict[str, Any]) -> dict[str, Any]:
 async def create_endpoint(body: EndpointIn, staff: StaffDep, outbox: OutboxDep) -> EndpointCreated:
     """Register an endpoint. Its signing secret is in this response only: keep it."""
     row = await outbox.create_endpoint(
-        _check_url(body.url),
+        check_webhook_url(body.url),
         event_types=list(dict.fromkeys(body.event_types)) if body.event_types else None,
         include_answers=body.include_answers,
         description=body.description,
@@ -150,7 +145,12 @@ async def deliveries(
 
 def _delivery(row: dict[str, Any]) -> DeliveryOut:
     return DeliveryOut(
-        **{**row, "event_id": str(row["event_id"]), "candidate_id": str(row["candidate_id"])}
+        **{
+            **row,
+            "event_id": str(row["event_id"]),
+            # session.erased names no candidate (the row is gone)
+            "candidate_id": None if row["candidate_id"] is None else str(row["candidate_id"]),
+        }
     )
 
 

@@ -1,0 +1,97 @@
+-- The named queries of personal data and staff sign-ins (invigilator.privacy): signing out
+-- of the dashboard, erasing one candidate's session, and the retention sweep.
+
+-- record_sign_out --
+-- A dashboard sign-in ends: its cookie is refused by every process from now on.
+INSERT INTO invigilator_staff_signout (sign_in_id, expires_at)
+VALUES (%(sign_in_id)s, %(expires_at)s)
+ON CONFLICT (sign_in_id) DO NOTHING;
+
+-- forget_old_sign_outs --
+-- Sign-outs of cookies that have expired anyway: no longer needed to refuse them.
+DELETE FROM invigilator_staff_signout WHERE expires_at < now();
+
+-- is_signed_out --
+-- Whether a dashboard sign-in has been ended.
+SELECT EXISTS (
+    SELECT FROM invigilator_staff_signout WHERE sign_in_id = %(sign_in_id)s
+) AS signed_out;
+
+-- erase_session --
+-- Right to erasure: the session, its answers, its timeline and every webhook delivery about it
+-- (pending or logged; the foreign keys cascade) go in one statement. What stays is an audit
+-- row that names no candidate, and a session.erased delivery per subscribed endpoint, which
+-- names none either. Returns nothing when there is no such session.
+WITH target AS (
+    SELECT t.candidate_id, t.status,
+           (SELECT count(*) FROM jsonb_object_keys(t.pending_answers)) AS answers
+      FROM test_session t
+     WHERE t.candidate_id = %(candidate_id)s
+       FOR UPDATE
+), counted AS (
+    SELECT target.*,
+           (SELECT count(*) FROM test_session_event e
+             WHERE e.candidate_id = target.candidate_id) AS events,
+           (SELECT count(*) FROM webhook_delivery d
+             WHERE d.candidate_id = target.candidate_id) AS deliveries
+      FROM target
+), removed AS (
+    DELETE FROM test_session t USING counted
+     WHERE t.candidate_id = counted.candidate_id
+    RETURNING t.candidate_id
+), audit AS (
+    INSERT INTO invigilator_erasure
+        (actor, session_status, answers_removed, events_removed, deliveries_removed)
+    SELECT %(actor)s, counted.status, counted.answers, counted.events, counted.deliveries
+      FROM counted JOIN removed USING (candidate_id)
+    RETURNING *
+), hook AS (
+    INSERT INTO webhook_delivery (event_id, type, candidate_id, endpoint_id, payload)
+    SELECT audit.erasure_id, 'session.erased', NULL, w.id,
+           jsonb_build_object('erasure', jsonb_build_object(
+               'id', audit.erasure_id,
+               'erased_at', audit.erased_at,
+               'session_status', audit.session_status,
+               'answers_removed', audit.answers_removed,
+               'events_removed', audit.events_removed,
+               'deliveries_removed', audit.deliveries_removed))
+      FROM audit, webhook_endpoint w
+     WHERE w.active AND (w.event_types IS NULL OR 'session.erased' = ANY (w.event_types))
+    RETURNING 1
+)
+SELECT audit.erasure_id, audit.erased_at, audit.actor, audit.session_status,
+       audit.answers_removed, audit.events_removed, audit.deliveries_removed,
+       (SELECT count(*) FROM hook) AS webhooks_queued
+  FROM audit;
+
+-- purge_ended --
+-- Retention: for up to `limit` sessions that ended more than `keep` ago, remove the answers
+-- and the timeline (and logged webhook deliveries, which hold snapshots of the session). The
+-- session row stays, so every count of its columns (status, method, times, sections) stays.
+-- Oldest first, by idx_test_session_retention; rows another sweeper holds are skipped.
+WITH due AS (
+    SELECT t.candidate_id
+      FROM test_session t
+     WHERE t.completed_at IS NOT NULL AND t.purged_at IS NULL
+       AND t.completed_at < now() - %(keep)s::interval
+     ORDER BY t.completed_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), events AS (
+    DELETE FROM test_session_event e USING due
+     WHERE e.candidate_id = due.candidate_id
+    RETURNING 1
+), deliveries AS (
+    DELETE FROM webhook_delivery d USING due
+     WHERE d.candidate_id = due.candidate_id AND d.status <> 'pending'
+    RETURNING 1
+), purged AS (
+    UPDATE test_session t
+       SET pending_answers = '{}'::jsonb, answer_seq = '{}'::jsonb, purged_at = now()
+      FROM due
+     WHERE t.candidate_id = due.candidate_id
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM purged) AS sessions,
+       (SELECT count(*) FROM events) AS events,
+       (SELECT count(*) FROM deliveries) AS deliveries;
