@@ -67,7 +67,7 @@ UPDATE test_session t
 RETURNING t.*, c.at AS server_now;
 
 -- save_answers --
--- Upsert one row per question (migration 0004): a question keeps the value of the highest `seq`
+-- Upsert one row per question (migration 0006): a question keeps the value of the highest `seq`
 -- saved for it; an older save never overwrites a newer one; the same seq again is a harmless
 -- retry. The session's row is locked by the guarded UPDATE, so a save and the session's end
 -- are serialised; the session joins the list whose pending_answers mirror the sweeper

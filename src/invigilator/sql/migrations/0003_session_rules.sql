@@ -145,7 +145,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 
 -- The timeline: one event per thing that happened to a session, whoever changed the row (an
--- answer save writes its own `answers_saved`: answers are rows of their own, migration 0004).
+-- answer save writes its own `answers_saved`: answers are rows of their own, migration 0006).
 CREATE OR REPLACE FUNCTION test_session_timeline() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -1,4 +1,4 @@
--- 0004 answer rows: one row per question, so a save costs what it writes, not what the
+-- 0006 answer rows: one row per question, so a save costs what it writes, not what the
 -- candidate wrote before (one JSONB value per session was rewritten whole by every save:
 -- decompressed, merged, recompressed, new TOAST chunks). The guide's `pending_answers` keeps
 -- its meaning for SQL readers as a mirror of the rows: refreshed within a bounded delay while
