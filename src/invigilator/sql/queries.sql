@@ -69,17 +69,17 @@ RETURNING t.*, c.at AS server_now;
 -- save_answers --
 -- Upsert one row per question (migration 0006): a question keeps the value of the highest `seq`
 -- saved for it; an older save never overwrites a newer one; the same seq again is a harmless
--- retry. The session's row is locked by the guarded UPDATE, so a save and the session's end
--- are serialised; the session joins the list whose pending_answers mirror the sweeper
--- refreshes. Returns the questions this save applied; the timeline gets one event for them.
+-- retry. The guard locks the session's row (FOR SHARE: saves go side by side, an end waits
+-- for them and a save waits for an end), so no save lands after the session ended; the row
+-- itself is not rewritten (heartbeats keep last_activity). The session joins the list whose
+-- pending_answers mirror the sweeper refreshes. Returns the questions this save applied; the timeline gets one event for them.
 WITH session AS (
-    UPDATE test_session t
-       SET last_activity = c.at
-      FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
+    SELECT t.candidate_id, t.status, t.deadline, c.at
+      FROM test_session t, invigilator_act('candidate', %(policy)s::jsonb) AS c
      WHERE t.candidate_id = %(candidate_id)s
        AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                              t.tab_closed_at, c)
-    RETURNING t.candidate_id, t.status, t.deadline, c.at
+       FOR SHARE OF t
 ), saved AS (
     INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, saved_at)
     SELECT s.candidate_id, n.key, n.value, %(seq)s::bigint, octet_length(n.value::text), s.at
