@@ -782,14 +782,14 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$
 $sql$;
 
--- The timeline: one event per thing that happened to a session, whoever changed the row.
+-- The timeline: one event per thing that happened to a session, whoever changed the row (an
+-- answer save writes its own `answers_saved`: answers are rows of their own, migration 0006).
 EXECUTE $sql$
 CREATE OR REPLACE FUNCTION test_session_timeline() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     who text := coalesce(nullif(current_setting('invigilator.actor', true), ''), 'sql');
     why text := nullif(current_setting('invigilator.reason', true), '');
-    changed text[];
 BEGIN
     IF TG_ARGV[0] = 'presence' THEN
         IF OLD.tab_closed_at IS NULL AND NEW.tab_closed_at IS NOT NULL THEN
@@ -815,20 +815,6 @@ BEGIN
         VALUES (NEW.candidate_id, 'started', who,
                 jsonb_build_object('duration_minutes', NEW.test_duration_minutes));
         RETURN NULL;
-    END IF;
-
-    IF NEW.answer_seq IS DISTINCT FROM OLD.answer_seq THEN
-        -- Keys only, never contents: which questions now hold newer values, at which seq.
-        SELECT array_agg(n.key ORDER BY n.key) INTO changed
-          FROM jsonb_each(NEW.answer_seq) n
-         WHERE n.value IS DISTINCT FROM OLD.answer_seq -> n.key;
-        IF changed IS NOT NULL THEN
-            INSERT INTO test_session_event (candidate_id, type, actor, detail)
-            SELECT NEW.candidate_id, 'answers_saved', who,
-                   jsonb_build_object('questions', to_jsonb(changed),
-                                      'seq', max((NEW.answer_seq ->> k)::bigint))
-              FROM unnest(changed) AS k;
-        END IF;
     END IF;
 
     IF NEW.sections_completed IS DISTINCT FROM OLD.sections_completed THEN
@@ -863,8 +849,7 @@ $sql$;
 -- an ordinary heartbeat, so the hot path pays no function call.
 EXECUTE $sql$
 CREATE OR REPLACE TRIGGER test_session_timeline
-    AFTER INSERT OR UPDATE OF status, completion_method, extra_minutes, sections_completed,
-                              answer_seq
+    AFTER INSERT OR UPDATE OF status, completion_method, extra_minutes, sections_completed
     ON test_session
     FOR EACH ROW EXECUTE FUNCTION test_session_timeline('lifecycle')
 $sql$;
@@ -878,7 +863,7 @@ CREATE OR REPLACE TRIGGER test_session_timeline_presence
                OR NEW.last_heartbeat - OLD.last_heartbeat > test_session_resume_gap()))
     EXECUTE FUNCTION test_session_timeline('presence')
 $sql$;
-INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (3, 'session_rules', '394cb16d34734dc7c7b89e791ce315be8a7c5eae3287af27d897efc6ffadaa27') ON CONFLICT (version) DO NOTHING;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (3, 'session_rules', 'e2ba50e8c5ffee3b681339e8bd9fe280d5509fec75cfbab9a682dbd26a65ad56') ON CONFLICT (version) DO NOTHING;
 
 -- Standard Webhooks: endpoint secrets encrypted at rest, a previous secret kept while
 -- receivers move to a rotated one, and endpoints a receiver turned off by answering 410 Gone.
@@ -1067,6 +1052,111 @@ CREATE INDEX IF NOT EXISTS idx_test_session_retention ON test_session (completed
     WHERE completed_at IS NOT NULL AND purged_at IS NULL
 $sql$;
 INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (5, 'hostile_input_and_erasure', '5f82800b5d5e6d854d1c38c7c42b19e61079bfce21061cf23eef48ecb07d3902') ON CONFLICT (version) DO NOTHING;
+
+-- 0006 answer rows: one row per question, so a save costs what it writes, not what the
+-- candidate wrote before (one JSONB value per session was rewritten whole by every save:
+-- decompressed, merged, recompressed, new TOAST chunks). The guide's `pending_answers` keeps
+-- its meaning for SQL readers as a mirror of the rows: refreshed within a bounded delay while
+-- the session runs (the sweeper), and exactly at the end (the ending statements' transaction).
+-- Idempotent, like the others.
+
+EXECUTE $sql$
+CREATE TABLE IF NOT EXISTS test_session_answer (
+    candidate_id varchar(36) NOT NULL,
+    question     text        NOT NULL,
+    value        jsonb       NOT NULL,
+    -- the save's `seq`: per question the highest wins; the same again is a harmless retry
+    seq          bigint      NOT NULL,
+    -- octet_length(value::text), kept so the per-session limit sums numbers, not documents
+    bytes        integer     NOT NULL,
+    saved_at     timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT test_session_answer_pkey PRIMARY KEY (candidate_id, question)
+)
+$sql$;
+
+-- Sessions whose rows changed since pending_answers last mirrored them (the sweeper's list).
+EXECUTE $sql$
+CREATE TABLE IF NOT EXISTS test_session_answer_unsynced (
+    candidate_id varchar(36) NOT NULL,
+    since        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT test_session_answer_unsynced_pkey PRIMARY KEY (candidate_id)
+)
+$sql$;
+
+-- A host app keyed by uuid: follow test_session's key type, as the other tables do.
+DECLARE
+    tbl text;
+BEGIN
+    IF (SELECT atttypid FROM pg_attribute
+         WHERE attrelid = 'test_session'::regclass AND attname = 'candidate_id') = 'uuid'::regtype THEN
+        FOREACH tbl IN ARRAY ARRAY['test_session_answer', 'test_session_answer_unsynced'] LOOP
+            IF (SELECT atttypid FROM pg_attribute
+                 WHERE attrelid = tbl::regclass AND attname = 'candidate_id') <> 'uuid'::regtype THEN
+                EXECUTE format('ALTER TABLE %I ALTER COLUMN candidate_id TYPE uuid USING candidate_id::uuid', tbl);
+            END IF;
+        END LOOP;
+    END IF;
+END;
+
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'test_session_answer_session_fk') THEN
+        ALTER TABLE test_session_answer ADD CONSTRAINT test_session_answer_session_fk
+            FOREIGN KEY (candidate_id) REFERENCES test_session (candidate_id) ON DELETE CASCADE;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'test_session_answer_unsynced_fk') THEN
+        ALTER TABLE test_session_answer_unsynced ADD CONSTRAINT test_session_answer_unsynced_fk
+            FOREIGN KEY (candidate_id) REFERENCES test_session (candidate_id) ON DELETE CASCADE;
+    END IF;
+END;
+
+-- A question is named by the rule of ids and names (migration 0005); answers adopted below
+-- from before that rule are kept as they are (NOT VALID checks only new rows).
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'test_session_answer_question_check') THEN
+        ALTER TABLE test_session_answer ADD CONSTRAINT test_session_answer_question_check
+            CHECK (invigilator_is_name(question, 128)) NOT VALID;
+    END IF;
+END;
+
+-- Every answer a session holds today becomes its row (adoption loses none).
+EXECUTE $sql$
+INSERT INTO test_session_answer (candidate_id, question, value, seq, bytes, saved_at)
+SELECT t.candidate_id, a.key, a.value, coalesce((t.answer_seq ->> a.key)::bigint, 0),
+       octet_length(a.value::text), t.updated_at
+  FROM test_session t, jsonb_each(t.pending_answers) a
+    ON CONFLICT (candidate_id, question) DO NOTHING
+$sql$;
+
+-- A session's answers as one object, and their seqs: what pending_answers and answer_seq mirror.
+EXECUTE $sql$
+CREATE OR REPLACE FUNCTION test_session_answers(candidate anyelement) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(jsonb_object_agg(a.question, a.value), '{}'::jsonb)
+      FROM test_session_answer a WHERE a.candidate_id = candidate
+$$
+$sql$;
+
+EXECUTE $sql$
+CREATE OR REPLACE FUNCTION test_session_answer_seqs(candidate anyelement) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT coalesce(jsonb_object_agg(a.question, a.seq), '{}'::jsonb)
+      FROM test_session_answer a WHERE a.candidate_id = candidate
+$$
+$sql$;
+
+-- A webhook shows every committed answer at once: from the rows, not the mirror.
+EXECUTE $sql$
+CREATE OR REPLACE FUNCTION webhook_session_snapshot(t test_session, with_answers boolean)
+RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT (to_jsonb(t) - 'answer_seq' - 'pending_answers' - 'tab_closed_at')
+           || jsonb_build_object('server_now', now())
+           || CASE WHEN with_answers
+                   THEN jsonb_build_object('pending_answers', test_session_answers(t.candidate_id))
+                   ELSE '{}'::jsonb END
+$$
+$sql$;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (6, 'answer_rows', 'adeb2aa4740bf23abea7189b554beb2d07db3ad978c1a008f9da1a619dd5fb2a') ON CONFLICT (version) DO NOTHING;
 END
 $invigilator$;
 COMMIT;

@@ -136,7 +136,8 @@ async def test_answers_merge_and_the_highest_seq_wins(
     assert older.applied == ["q3"] and older.superseded == ["q1"]
     retry = await store.save_answers(cid, {"q1": "third"}, seq=3)
     assert retry.applied == ["q1"]
-    assert retry.session.pending_answers == {"q1": "third", "q2": "two", "q3": "three"}
+    stored = await store.get(cid)
+    assert stored.pending_answers == {"q1": "third", "q2": "two", "q3": "three"}
     saved = [e.detail for e in await store.events(cid) if e.type == "answers_saved"]
     assert saved[0] == {"questions": ["q1", "q2"], "seq": 1}  # keys only, never contents
 

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     tab_close_grace_seconds: float = Field(default=60, ge=0)
     tab_close_policy: TabClosePolicy = TabClosePolicy.SUBMIT
     heartbeat_interval_seconds: float = Field(default=15, gt=0)
+    # How long the guide's pending_answers may lag a running session's answers (it mirrors
+    # the answer rows; exact at the end). The sweeper refreshes it, so add its interval.
+    answers_mirror_delay_seconds: float = Field(default=30, ge=0)
 
     # Database pool and timeouts.
     pool_min_size: int = Field(default=2, ge=1)
@@ -120,6 +123,7 @@ class Settings(BaseSettings):
             tab_close_grace=timedelta(seconds=self.tab_close_grace_seconds),
             tab_close_policy=self.tab_close_policy,
             heartbeat_interval=timedelta(seconds=self.heartbeat_interval_seconds),
+            answers_mirror_delay=timedelta(seconds=self.answers_mirror_delay_seconds),
         )
 
     def limits(self) -> Limits:

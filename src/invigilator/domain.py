@@ -56,6 +56,8 @@ class Policy:
     tab_close_grace: timedelta
     tab_close_policy: TabClosePolicy
     heartbeat_interval: timedelta
+    #: How long pending_answers may lag a running session's answer rows (docs/schema.md).
+    answers_mirror_delay: timedelta
 
     @property
     def resume_gap(self) -> timedelta:
@@ -195,7 +197,7 @@ class SaveResult:
     """What an answer save committed: `applied` keys now hold this save's values; `superseded`
     keys were already at a newer `seq` and kept it. Both are safe for the client to forget."""
 
-    session: Session
+    clock: Clock
     seq: int
     applied: list[str]
     superseded: list[str]

@@ -88,7 +88,8 @@ class Sessions:
         self, candidate_id: str, minutes: int, *, actor: str, reason: str | None = None
     ) -> Session:
         """Give a running session extra minutes; the deadline moves at once for everybody."""
-        return await self.store.extend(candidate_id, minutes, actor=actor, reason=reason or None)
+        await self.store.extend(candidate_id, minutes, actor=actor, reason=reason or None)
+        return await self.store.get(candidate_id)  # with every committed answer
 
     async def end_as_staff(
         self, candidate_id: str, outcome: StaffOutcome, *, actor: str, reason: str | None = None
@@ -171,8 +172,11 @@ class Sessions:
     # --- background ---------------------------------------------------------------------------
 
     async def sweep(self, batch_size: int) -> list[Ended]:
-        """End up to `batch_size` due sessions in one transaction (one sweeper batch)."""
-        return await self.store.finalize_due(batch_size)
+        """End up to `batch_size` due sessions in one transaction (one sweeper batch), then
+        bring up to as many lagging pending_answers mirrors up to date."""
+        ended = await self.store.finalize_due(batch_size)
+        await self.store.sync_lagging_answers(batch_size)
+        return ended
 
     async def purge_ended(self, keep: timedelta, batch_size: int) -> Purged:
         """Retention: the answers and timelines of up to `batch_size` sessions that ended more

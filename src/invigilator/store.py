@@ -66,10 +66,13 @@ class SessionStore:
         return await cur.fetchone()
 
     async def _finalize(self, cur: Cursor, candidate_ids: list[Any], actor: str) -> list[Ended]:
+        """End the due ones of these sessions; their pending_answers is then exact."""
         await cur.execute(
             Q["finalize"], {**self._rules, "candidate_ids": candidate_ids, "actor": actor}
         )
-        return [to_ended(row) for row in await cur.fetchall()]
+        rows = await cur.fetchall()
+        await self._sync_answers(cur, [row["candidate_id"] for row in rows])
+        return [to_ended(row) for row in rows]
 
     async def _settle(self, cur: Cursor, candidate_id: str) -> Session:
         """Finalize the session if it is due, then return it as stored (lazy expiry)."""
@@ -255,25 +258,44 @@ class SessionStore:
         *,
         max_total_bytes: int | None = None,
     ) -> SaveResult:
-        """Merge `answers` (question -> value) at `seq`. Returns only once committed."""
+        """Upsert `answers` (question -> value) at `seq`. Returns only once committed; its cost
+        follows what it writes, not what the session holds."""
         async with transaction(self.pool) as cur:
             row = await self._fetch_one(
                 cur, "save_answers", candidate_id=candidate_id, answers=Jsonb(answers), seq=seq
             )
             refusal = None if row is not None else await self._refusal(cur, candidate_id)
             limit = max_total_bytes
-            if row is not None and limit is not None and row["answers_bytes"] > limit:
-                # Raising inside the transaction rolls the merge back: nothing changes.
-                raise PayloadTooLarge(
-                    f"pending_answers would exceed {limit} bytes", limit_bytes=limit
-                )
+            if row is not None and limit is not None:
+                size = await self._fetch_one(cur, "answers_size", candidate_id=candidate_id)
+                if size is not None and size["bytes"] > limit:
+                    # Raising inside the transaction rolls the save back: nothing changes.
+                    raise PayloadTooLarge(
+                        f"the session's answers would exceed {limit} bytes", limit_bytes=limit
+                    )
         if row is None:
             assert refusal is not None
             raise refusal
-        session = to_session(row)
-        applied = sorted(k for k in answers if session.answer_seq.get(k) == seq)
-        superseded = sorted(k for k in answers if session.answer_seq.get(k, -1) > seq)
-        return SaveResult(session=session, seq=seq, applied=applied, superseded=superseded)
+        applied = sorted(row["applied"])
+        clock = Clock(candidate_id, Status(row["status"]), row["deadline"], row["server_now"])
+        superseded = sorted(set(answers) - set(applied))
+        return SaveResult(clock=clock, seq=seq, applied=applied, superseded=superseded)
+
+    async def _sync_answers(self, cur: Cursor, candidate_ids: list[Any]) -> None:
+        """pending_answers mirrors the answer rows again for these sessions."""
+        if candidate_ids:
+            await cur.execute(Q["sync_answers"], {"candidate_ids": candidate_ids})
+
+    async def sync_lagging_answers(self, limit: int) -> int:
+        """Refresh pending_answers of up to `limit` sessions whose rows changed at least the
+        policy's mirror delay ago; how many. Safe with many sweepers."""
+        async with transaction(self.pool) as cur:
+            await cur.execute(
+                Q["find_unsynced"], {"delay": self.policy.answers_mirror_delay, "limit": limit}
+            )
+            ids = [row["candidate_id"] for row in await cur.fetchall()]
+            await self._sync_answers(cur, ids)
+        return len(ids)
 
     async def record_client_event(
         self, candidate_id: str, event_type: str, detail: dict[str, Any] | None = None
@@ -309,8 +331,9 @@ class SessionStore:
                 actor=actor,
                 reason=reason,
             )
-            if row is not None:
-                return to_session(row), True
+            if row is not None:  # exactly at the end, pending_answers holds every answer
+                await self._sync_answers(cur, [row["candidate_id"]])
+                return await self._settle(cur, candidate_id), True
             stored = await self._settle(cur, candidate_id)
         return stored, False
 

@@ -59,7 +59,10 @@ class LiveServer:
     def session_row(self, candidate_id: str) -> dict[str, Any] | None:
         with psycopg.connect(self.db_url, autocommit=True, row_factory=dict_row) as conn:
             return conn.execute(
-                "SELECT * FROM test_session WHERE candidate_id = %s", (candidate_id,)
+                # every committed answer, from its rows (pending_answers mirrors them)
+                "SELECT *, test_session_answers(candidate_id) AS pending_answers"
+                " FROM test_session WHERE candidate_id = %s",
+                (candidate_id,),
             ).fetchone()
 
     def event_types(self, candidate_id: str) -> list[str]:

@@ -19,7 +19,9 @@ from support.api import Api
 
 def row(db: psycopg.Connection[Any], candidate_id: str) -> tuple[Any, ...]:
     found = db.execute(
-        "SELECT status, completion_method, completed_at, pending_answers, answer_seq,"
+        "SELECT status, completion_method, completed_at, "
+        "test_session_answers(candidate_id) AS pending_answers, "
+        "test_session_answer_seqs(candidate_id) AS answer_seq,"
         "       sections_completed, updated_at FROM test_session WHERE candidate_id = %s",
         (candidate_id,),
     ).fetchone()

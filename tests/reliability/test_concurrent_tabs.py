@@ -47,7 +47,10 @@ async def two_tabs(api: Api, db: psycopg.Connection[Any]) -> None:
     await asyncio.gather(tab("a", sorted(seqs[:40])), tab("b", sorted(seqs[40:])))
 
     pending, answer_seq = db.execute(
-        "SELECT pending_answers, answer_seq FROM test_session WHERE candidate_id = 'alice'"
+        "SELECT "
+        "test_session_answers(candidate_id) AS pending_answers, "
+        "test_session_answer_seqs(candidate_id) AS answer_seq"
+        " FROM test_session WHERE candidate_id = 'alice'"
     ).fetchone() or (None, None)
     assert {f"a{i}" for i in range(40)} | {f"b{i}" for i in range(40)} <= set(pending)
     for key in pending:
@@ -79,6 +82,9 @@ async def test_a_burst_on_one_question_keeps_the_highest_seq(
 
     await asyncio.gather(*(save(seq) for seq in seqs))
     pending, answer_seq = db.execute(
-        "SELECT pending_answers, answer_seq FROM test_session WHERE candidate_id = 'alice'"
+        "SELECT "
+        "test_session_answers(candidate_id) AS pending_answers, "
+        "test_session_answer_seqs(candidate_id) AS answer_seq"
+        " FROM test_session WHERE candidate_id = 'alice'"
     ).fetchone() or (None, None)
     assert pending == {"q": f"v{max(seqs)}"} and answer_seq == {"q": max(seqs)}

@@ -23,7 +23,10 @@ ACKS_BEFORE_KILL = 60  # per cycle: the kill lands while saves are in flight
 def stored(db_url: str, candidate_id: str) -> dict[str, Any]:
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
         row = conn.execute(
-            "SELECT pending_answers, answer_seq FROM test_session WHERE candidate_id = %s",
+            "SELECT "
+            "test_session_answers(candidate_id) AS pending_answers, "
+            "test_session_answer_seqs(candidate_id) AS answer_seq"
+            " FROM test_session WHERE candidate_id = %s",
             (candidate_id,),
         ).fetchone()
     assert row is not None

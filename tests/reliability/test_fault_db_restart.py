@@ -142,7 +142,10 @@ async def _row(url: str, candidate_id: str) -> dict[str, Any]:
 
     async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
         cur = await conn.execute(
-            "SELECT pending_answers, answer_seq FROM test_session WHERE candidate_id = %s",
+            "SELECT "
+            "test_session_answers(candidate_id) AS pending_answers, "
+            "test_session_answer_seqs(candidate_id) AS answer_seq"
+            " FROM test_session WHERE candidate_id = %s",
             (candidate_id,),
         )
         row = await cur.fetchone()

@@ -240,7 +240,9 @@ async def test_sql_meta_characters_are_data_everywhere(
     )
     assert extended.status_code == 200, extended.text
     row = db.execute(
-        "SELECT pending_answers, sections_completed FROM test_session WHERE candidate_id = %s",
+        "SELECT "
+        "test_session_answers(candidate_id) AS pending_answers, sections_completed"
+        " FROM test_session WHERE candidate_id = %s",
         ("meta-1",),
     ).fetchone()
     assert row == ({"q1": meta}, [])

@@ -80,7 +80,10 @@ def fetch(db: psycopg.Connection[Any]) -> dict[str, Any]:
             "   AS events,"
             " (SELECT count(*) FROM test_session_event e WHERE e.candidate_id = t.candidate_id"
             "   AND e.type IN ('completed', 'abandoned')) AS terminal_events,"
-            " test_session_status_of(t.completion_method) AS status_of_method"
+            " test_session_status_of(t.completion_method) AS status_of_method,"
+            # every committed answer, from its rows (pending_answers mirrors them: docs/schema.md)
+            " test_session_answers(t.candidate_id) AS pending_answers,"
+            " test_session_answer_seqs(t.candidate_id) AS answer_seq"
             " FROM test_session t WHERE t.candidate_id = %s",
             (CID,),
         ).fetchone()

@@ -93,7 +93,9 @@ def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 
 def answers_of(db: psycopg.Connection[Any], candidate_id: str) -> Any:
     return db.execute(
-        "SELECT pending_answers, (SELECT count(*) FROM test_session_event) FROM test_session"
+        "SELECT "
+        "test_session_answers(candidate_id) AS pending_answers,"
+        " (SELECT count(*) FROM test_session_event) FROM test_session"
         " WHERE candidate_id = %s",
         (candidate_id,),
     ).fetchone()

@@ -21,6 +21,7 @@ TEST_POLICY = Policy(
     tab_close_grace=timedelta(seconds=60),
     tab_close_policy=TabClosePolicy.SUBMIT,
     heartbeat_interval=timedelta(seconds=15),
+    answers_mirror_delay=timedelta(seconds=30),
 )
 #: The input limits the tests run with: the settings' defaults.
 TEST_LIMITS = Settings().limits()

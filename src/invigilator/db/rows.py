@@ -23,8 +23,9 @@ def to_session(row: Row) -> Session:
         tab_closed_at=row["tab_closed_at"],
         sections_completed=list(row["sections_completed"]),
         planned_sections=row["planned_sections"],
-        pending_answers=dict(row["pending_answers"]),
-        answer_seq={k: int(v) for k, v in row["answer_seq"].items()},
+        # Every committed answer where the query read the rows (get_session), else the mirror.
+        pending_answers=dict(row.get("answers", row["pending_answers"])),
+        answer_seq={k: int(v) for k, v in row.get("seqs", row["answer_seq"]).items()},
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         server_now=row["server_now"],

@@ -24,7 +24,12 @@ SELECT EXISTS (
 -- names none either. Returns nothing when there is no such session.
 WITH target AS (
     SELECT t.candidate_id, t.status,
-           (SELECT count(*) FROM jsonb_object_keys(t.pending_answers)) AS answers
+           -- the questions answered: the rows, and any the guide's column holds besides
+           (SELECT count(*)
+              FROM (SELECT a.question FROM test_session_answer a
+                     WHERE a.candidate_id = t.candidate_id
+                    UNION
+                    SELECT jsonb_object_keys(t.pending_answers)) q) AS answers
       FROM test_session t
      WHERE t.candidate_id = %(candidate_id)s
        FOR UPDATE
@@ -85,6 +90,9 @@ WITH due AS (
     DELETE FROM webhook_delivery d USING due
      WHERE d.candidate_id = due.candidate_id AND d.status <> 'pending'
     RETURNING 1
+), answers AS (
+    DELETE FROM test_session_answer a USING due
+     WHERE a.candidate_id = due.candidate_id
 ), purged AS (
     UPDATE test_session t
        SET pending_answers = '{}'::jsonb, answer_seq = '{}'::jsonb, purged_at = now()

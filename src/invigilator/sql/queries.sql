@@ -20,8 +20,11 @@ RETURNING *, now() AS server_now;
 INSERT INTO candidate (candidate_id) VALUES (%(candidate_id)s) ON CONFLICT DO NOTHING;
 
 -- get_session --
--- One session as stored, with the database clock.
-SELECT t.*, now() AS server_now FROM test_session t WHERE t.candidate_id = %(candidate_id)s;
+-- One session as stored, with every committed answer (from its rows) and the database clock.
+SELECT t.*, test_session_answers(t.candidate_id) AS answers,
+       test_session_answer_seqs(t.candidate_id) AS seqs, now() AS server_now
+  FROM test_session t
+ WHERE t.candidate_id = %(candidate_id)s;
 
 -- heartbeat_batch --
 -- Heartbeats for many sessions in one statement (the hot path; a single heartbeat is a batch
@@ -64,24 +67,71 @@ UPDATE test_session t
 RETURNING t.*, c.at AS server_now;
 
 -- save_answers --
--- Merge answers into pending_answers. A question keeps the value of the highest `seq` saved
--- for it: an older save never overwrites a newer one; the same seq again is a harmless retry.
--- The row lock serialises concurrent saves, and each merges into the row as the previous left it.
+-- Upsert one row per question (migration 0006): a question keeps the value of the highest `seq`
+-- saved for it; an older save never overwrites a newer one; the same seq again is a harmless
+-- retry. The guard locks the session's row (FOR SHARE: saves go side by side, an end waits
+-- for them and a save waits for an end), so no save lands after the session ended; the row
+-- itself is not rewritten (heartbeats keep last_activity). The session joins the list whose
+-- pending_answers mirror the sweeper refreshes. Returns the questions this save applied; the timeline gets one event for them.
+WITH session AS (
+    SELECT t.candidate_id, t.status, t.deadline, c.at
+      FROM test_session t, invigilator_act('candidate', %(policy)s::jsonb) AS c
+     WHERE t.candidate_id = %(candidate_id)s
+       AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                             t.tab_closed_at, c)
+       FOR SHARE OF t
+), saved AS (
+    INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, saved_at)
+    SELECT s.candidate_id, n.key, n.value, %(seq)s::bigint, octet_length(n.value::text), s.at
+      FROM session s, jsonb_each(%(answers)s::jsonb) AS n
+        ON CONFLICT (candidate_id, question) DO UPDATE
+       SET value = excluded.value, seq = excluded.seq, bytes = excluded.bytes,
+           saved_at = excluded.saved_at
+     WHERE a.seq <= excluded.seq
+    RETURNING a.candidate_id, a.question
+), unsynced AS (
+    INSERT INTO test_session_answer_unsynced (candidate_id, since)
+    SELECT s.candidate_id, s.at FROM session s
+        ON CONFLICT (candidate_id) DO NOTHING
+), event AS (
+    INSERT INTO test_session_event (candidate_id, type, actor, detail)
+    SELECT s.candidate_id, 'answers_saved', 'candidate',
+           jsonb_build_object('questions', q.questions, 'seq', %(seq)s::bigint)
+      FROM session s,
+           (SELECT jsonb_agg(x.question ORDER BY x.question) AS questions FROM saved x) AS q
+     WHERE q.questions IS NOT NULL
+)
+SELECT s.candidate_id, s.status, s.deadline, s.at AS server_now,
+       coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
+  FROM session s;
+
+-- answers_size --
+-- What a session's answers take, for the per-session limit: the sum of each row's size (a
+-- number per question, never the document).
+SELECT coalesce(sum(a.bytes + octet_length(a.question)), 0) AS bytes
+  FROM test_session_answer a
+ WHERE a.candidate_id = %(candidate_id)s;
+
+-- sync_answers --
+-- Refresh the guide's pending_answers (and answer_seq) from the rows, for these sessions: at a
+-- session's end, and for the sweeper's batch of sessions whose rows changed since.
+WITH synced AS (
+    DELETE FROM test_session_answer_unsynced u WHERE u.candidate_id = ANY (%(candidate_ids)s)
+)
 UPDATE test_session t
-   SET pending_answers = t.pending_answers || (
-           SELECT coalesce(jsonb_object_agg(a.key, a.value), '{}'::jsonb)
-             FROM jsonb_each(%(answers)s::jsonb) a
-            WHERE coalesce((t.answer_seq ->> a.key)::bigint, -1) <= %(seq)s::bigint),
-       answer_seq = t.answer_seq || (
-           SELECT coalesce(jsonb_object_agg(a.key, %(seq)s::bigint), '{}'::jsonb)
-             FROM jsonb_each(%(answers)s::jsonb) a
-            WHERE coalesce((t.answer_seq ->> a.key)::bigint, -1) <= %(seq)s::bigint),
-       last_activity = c.at
-  FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
- WHERE t.candidate_id = %(candidate_id)s
-   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
-RETURNING t.*, octet_length(t.pending_answers::text) AS answers_bytes, c.at AS server_now;
+   SET pending_answers = test_session_answers(t.candidate_id),
+       answer_seq = test_session_answer_seqs(t.candidate_id)
+ WHERE t.candidate_id = ANY (%(candidate_ids)s);
+
+-- find_unsynced --
+-- The sessions whose pending_answers has lagged their rows for at least `delay`, oldest first,
+-- skipping those another sweeper is refreshing.
+SELECT u.candidate_id
+  FROM test_session_answer_unsynced u
+ WHERE u.since <= now() - %(delay)s::interval
+ ORDER BY u.since
+ LIMIT %(limit)s
+   FOR UPDATE OF u SKIP LOCKED;
 
 -- record_tab_close --
 -- The tab is closing (a beacon): start the tab-close grace.

@@ -87,7 +87,7 @@ async def save_answers(
     """Merge answers. A 200 means committed. Per question the highest `seq` wins."""
     result = await sessions.save_answers(candidate_id, body.answers, body.seq)
     return schemas.SaveResponse(
-        **schemas.clock(result.session),
+        **schemas.clock(result.clock),
         seq=result.seq,
         applied=result.applied,
         superseded=result.superseded,

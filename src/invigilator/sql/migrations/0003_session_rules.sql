@@ -144,13 +144,13 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
                     interval '30 seconds')
 $$;
 
--- The timeline: one event per thing that happened to a session, whoever changed the row.
+-- The timeline: one event per thing that happened to a session, whoever changed the row (an
+-- answer save writes its own `answers_saved`: answers are rows of their own, migration 0006).
 CREATE OR REPLACE FUNCTION test_session_timeline() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     who text := coalesce(nullif(current_setting('invigilator.actor', true), ''), 'sql');
     why text := nullif(current_setting('invigilator.reason', true), '');
-    changed text[];
 BEGIN
     IF TG_ARGV[0] = 'presence' THEN
         IF OLD.tab_closed_at IS NULL AND NEW.tab_closed_at IS NOT NULL THEN
@@ -176,20 +176,6 @@ BEGIN
         VALUES (NEW.candidate_id, 'started', who,
                 jsonb_build_object('duration_minutes', NEW.test_duration_minutes));
         RETURN NULL;
-    END IF;
-
-    IF NEW.answer_seq IS DISTINCT FROM OLD.answer_seq THEN
-        -- Keys only, never contents: which questions now hold newer values, at which seq.
-        SELECT array_agg(n.key ORDER BY n.key) INTO changed
-          FROM jsonb_each(NEW.answer_seq) n
-         WHERE n.value IS DISTINCT FROM OLD.answer_seq -> n.key;
-        IF changed IS NOT NULL THEN
-            INSERT INTO test_session_event (candidate_id, type, actor, detail)
-            SELECT NEW.candidate_id, 'answers_saved', who,
-                   jsonb_build_object('questions', to_jsonb(changed),
-                                      'seq', max((NEW.answer_seq ->> k)::bigint))
-              FROM unnest(changed) AS k;
-        END IF;
     END IF;
 
     IF NEW.sections_completed IS DISTINCT FROM OLD.sections_completed THEN
@@ -222,8 +208,7 @@ END $$;
 -- return). A heartbeat never names the columns of the first, and the second's WHEN is false for
 -- an ordinary heartbeat, so the hot path pays no function call.
 CREATE OR REPLACE TRIGGER test_session_timeline
-    AFTER INSERT OR UPDATE OF status, completion_method, extra_minutes, sections_completed,
-                              answer_seq
+    AFTER INSERT OR UPDATE OF status, completion_method, extra_minutes, sections_completed
     ON test_session
     FOR EACH ROW EXECUTE FUNCTION test_session_timeline('lifecycle');
 

@@ -1,0 +1,130 @@
+"""Answers as rows (migration 0006): what `pending_answers` holds and when, that every reader
+sees every committed answer at once, and that adopting a database keeps every answer."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from invigilator import sql
+from invigilator.db import migrate
+from invigilator.store import SessionStore
+from support.db import TEST_POLICY, add_candidate, sessions_of, shift_session
+
+
+def mirror(db: psycopg.Connection[Any], cid: str) -> tuple[Any, Any]:
+    row = db.execute(
+        "SELECT pending_answers, answer_seq FROM test_session WHERE candidate_id = %s", (cid,)
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+def age_unsynced(db: psycopg.Connection[Any], by: timedelta) -> None:
+    db.execute("UPDATE test_session_answer_unsynced SET since = since - %s", (by,))
+
+
+async def test_pending_answers_mirrors_the_rows_within_the_delay_and_exactly_at_the_end(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    cid = add_candidate(db)
+    await store.start(cid)
+    await store.save_answers(cid, {"q1": "first", "q2": [1, 2]}, seq=1)
+    await store.save_answers(cid, {"q1": "second"}, seq=2)
+    # Every reader of the service sees every committed answer at once...
+    assert (await store.get(cid)).pending_answers == {"q1": "second", "q2": [1, 2]}
+    # ...while the guide's column lags, by at most the mirror delay (and a sweep).
+    assert mirror(db, cid) == ({}, {})
+    sessions = sessions_of(store)
+    await sessions.sweep(100)
+    assert mirror(db, cid) == ({}, {})  # younger than the delay: left for a later pass
+    age_unsynced(db, TEST_POLICY.answers_mirror_delay)
+    await sessions.sweep(100)
+    assert mirror(db, cid) == ({"q1": "second", "q2": [1, 2]}, {"q1": 2, "q2": 1})
+    # The end writes it exactly, in the same transaction, with no wait.
+    await store.save_answers(cid, {"q3": "last"}, seq=3)
+    ended, _ = await store.complete(cid)
+    assert ended.pending_answers == {"q1": "second", "q2": [1, 2], "q3": "last"}
+    assert mirror(db, cid)[0] == ended.pending_answers
+    assert db.execute("SELECT count(*) FROM test_session_answer_unsynced").fetchone() == (0,)
+
+
+async def test_sessions_the_sweeper_or_lazy_expiry_end_have_an_exact_mirror(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    lazy, swept = add_candidate(db), add_candidate(db)
+    for cid in (lazy, swept):
+        await store.start(cid)
+        await store.save_answers(cid, {"q": cid}, seq=1)
+        shift_session(db, cid, test_start_time=timedelta(minutes=61), last_heartbeat=timedelta(0))
+    await store.get(lazy)
+    await sessions_of(store).sweep(10)
+    for cid in (lazy, swept):
+        assert mirror(db, cid) == ({"q": cid}, {"q": 1})
+
+
+async def test_a_webhook_shows_every_committed_answer_at_once(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    db.execute(
+        "INSERT INTO webhook_endpoint (url, secret, include_answers)"
+        " VALUES ('http://127.0.0.1:9/hook', 'whsec_test', true)"
+    )
+    cid = add_candidate(db)
+    await store.start(cid)
+    await store.save_answers(cid, {"q1": "typed"}, seq=1)
+    await store.extend(cid, 5)  # session.time_extended, while the mirror still lags
+    (payload,) = db.execute(
+        "SELECT payload FROM webhook_delivery WHERE type = 'session.time_extended'"
+    ).fetchone() or (None,)
+    assert payload["pending_answers"] == {"q1": "typed"}
+    assert mirror(db, cid)[0] == {}
+
+
+async def test_an_older_save_never_beats_a_newer_one_and_superseded_keys_are_said(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    cid = add_candidate(db)
+    await store.start(cid)
+    newer = await store.save_answers(cid, {"q": "new"}, seq=5)
+    older = await store.save_answers(cid, {"q": "old", "r": "other"}, seq=4)
+    assert (newer.applied, newer.superseded) == (["q"], [])
+    assert (older.applied, older.superseded) == (["r"], ["q"])
+    session = await store.get(cid)
+    assert session.pending_answers == {"q": "new", "r": "other"}
+    assert session.answer_seq == {"q": 5, "r": 4}
+    saved = [e.detail for e in await store.events(cid) if e.type == "answers_saved"]
+    assert saved == [{"questions": ["q"], "seq": 5}, {"questions": ["r"], "seq": 4}]
+
+
+def test_adopting_a_database_keeps_every_answer(empty_db_url: str) -> None:
+    """A database migrated up to just before answer rows, with answers in pending_answers,
+    upgraded: each answer becomes its row."""
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE candidate (candidate_id varchar(36) PRIMARY KEY)")
+        conn.execute(migrate.TRACKING_TABLE_SQL)
+        (rows_at,) = [m.version for m in sql.migrations() if m.name == "answer_rows"]
+        for migration in [m for m in sql.migrations() if m.version < rows_at]:
+            with conn.transaction():
+                conn.execute(migration.sql)
+                conn.execute(migrate._record_sql(migration))
+        conn.execute("INSERT INTO candidate VALUES ('old-1'), ('old-2')")
+        conn.execute(
+            "INSERT INTO test_session (candidate_id, pending_answers, answer_seq) VALUES "
+            "('old-1', %s, %s), ('old-2', '{}', '{}')",
+            (Jsonb({"q1": "kept", "q2": {"code": "x = 1"}}), Jsonb({"q1": 3, "q2": 7})),
+        )
+    migrate.upgrade(empty_db_url)
+    with psycopg.connect(empty_db_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT candidate_id, question, value, seq FROM test_session_answer ORDER BY 1, 2"
+        ).fetchall()
+        assert rows == [("old-1", "q1", "kept", 3), ("old-1", "q2", {"code": "x = 1"}, 7)]
+        (answers,) = conn.execute(
+            "SELECT test_session_answers(candidate_id) FROM test_session"
+            " WHERE candidate_id = 'old-1'"
+        ).fetchone() or (None,)
+        assert answers == {"q1": "kept", "q2": {"code": "x = 1"}}
