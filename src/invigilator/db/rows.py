@@ -24,8 +24,10 @@ def to_session(row: Row) -> Session:
         sections_completed=list(row["sections_completed"]),
         planned_sections=row["planned_sections"],
         # Every committed answer where the query read the rows (get_session), else the mirror.
-        pending_answers=dict(row.get("answers", row["pending_answers"])),
-        answer_seq={k: int(v) for k, v in row.get("seqs", row["answer_seq"]).items()},
+        pending_answers=dict(row["answers"] if "answers" in row else row["pending_answers"]),
+        answer_seq={
+            k: int(v) for k, v in (row["seqs"] if "seqs" in row else row["answer_seq"]).items()
+        },
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         server_now=row["server_now"],
