@@ -285,7 +285,7 @@ SELECT pg_temp.ensure_constraint('test_session', 'test_session_completion_method
     $c$CHECK (completion_method IS NULL OR completion_method IN
         ('manual', 'timer_expired', 'tab_close', 'admin', 'heartbeat_timeout', 'admin_terminated'))$c$)
 $sql$;
--- active <=> not ended; and each method belongs to one status (DESIGN.md's table).
+-- active <=> not ended; and each method belongs to one status (docs/architecture.md; restated through test_session_status_of in 0003).
 EXECUTE $sql$
 SELECT pg_temp.ensure_constraint('test_session', 'test_session_status_method_check',
     $c$CHECK (
@@ -424,7 +424,7 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
      LIMIT 1
 $$
 $sql$;
-INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (1, 'test_session', '9ce08e5af142430ab038bc8d2a64ae5637231966543341ede6cd80183c754405') ON CONFLICT (version) DO NOTHING;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (1, 'test_session', 'a1ec6828c3399e180372b9f61b813f7adccddc6feda0b9dbc625388a88cf7b65') ON CONFLICT (version) DO NOTHING;
 
 -- 0002 webhook outbox: webhook endpoints, and the outbox that doubles as the delivery log.
 -- A trigger on test_session enqueues one delivery per subscribed endpoint in the same

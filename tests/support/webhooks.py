@@ -127,7 +127,10 @@ FAST = {
 
 
 def make_worker(pool: AsyncConnectionPool[Any], policy: Policy, **overrides: Any) -> DeliveryWorker:
-    return DeliveryWorker(pool, policy, **{"box": BOX, **FAST, **overrides})
+    settings = make_settings()
+    return DeliveryWorker.from_settings(
+        pool, settings, **{"policy": policy, "box": BOX, **FAST, **overrides}
+    )
 
 
 def outbox(pool: AsyncConnectionPool[Any]) -> WebhookStore:

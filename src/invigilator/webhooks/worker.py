@@ -100,18 +100,19 @@ class DeliveryWorker:
         policy: Policy,
         *,
         box: SecretBox,
-        env_url: str | None = None,
-        env_secret: str | None = None,
-        env_include_answers: bool = False,
-        timeout: float = 10.0,
-        poll_interval: float = 1.0,
-        silent_scan_interval: float = 5.0,
-        backoff_base: float = 10.0,
-        backoff_max: float = 3600.0,
-        max_age: float = 24 * 3600.0,
-        concurrency: int = 8,
-        retention: timedelta = timedelta(days=30),
+        env_url: str | None,
+        env_secret: str | None,
+        env_include_answers: bool,
+        timeout: float,
+        poll_interval: float,
+        silent_scan_interval: float,
+        backoff_base: float,
+        backoff_max: float,
+        max_age: float,
+        concurrency: int,
+        retention: timedelta,
     ) -> None:
+        """Every value from the settings (`from_settings`): they are the one table of defaults."""
         if env_url:  # the same rules as the settings' (the worker may be made without them)
             Settings.model_construct(
                 webhook_url=env_url, webhook_secret=SecretStr(env_secret) if env_secret else None
@@ -134,24 +135,27 @@ class DeliveryWorker:
         self.synced = False
 
     @classmethod
-    def from_settings(cls, pool: AsyncConnectionPool[Any], settings: Settings) -> DeliveryWorker:
+    def from_settings(
+        cls, pool: AsyncConnectionPool[Any], settings: Settings, **overrides: Any
+    ) -> DeliveryWorker:
+        """The worker as `settings` say; `overrides` (tests: a policy, shorter intervals)."""
         s = settings
-        return cls(
-            pool,
-            s.policy(),
-            box=SecretBox.from_settings(s),
-            env_url=s.webhook_url,
-            env_secret=s.webhook_secret.get_secret_value() if s.webhook_secret else None,
-            env_include_answers=s.webhook_include_answers,
-            timeout=s.webhook_timeout_seconds,
-            poll_interval=s.webhook_poll_interval_seconds,
-            silent_scan_interval=s.webhook_silent_scan_seconds,
-            backoff_base=s.webhook_backoff_base_seconds,
-            backoff_max=s.webhook_backoff_max_seconds,
-            max_age=s.webhook_max_age_seconds,
-            concurrency=s.webhook_concurrency,
-            retention=timedelta(days=s.webhook_retention_days),
-        )
+        values: dict[str, Any] = {
+            "policy": s.policy(),
+            "box": SecretBox.from_settings(s),
+            "env_url": s.webhook_url,
+            "env_secret": s.webhook_secret.get_secret_value() if s.webhook_secret else None,
+            "env_include_answers": s.webhook_include_answers,
+            "timeout": s.webhook_timeout_seconds,
+            "poll_interval": s.webhook_poll_interval_seconds,
+            "silent_scan_interval": s.webhook_silent_scan_seconds,
+            "backoff_base": s.webhook_backoff_base_seconds,
+            "backoff_max": s.webhook_backoff_max_seconds,
+            "max_age": s.webhook_max_age_seconds,
+            "concurrency": s.webhook_concurrency,
+            "retention": timedelta(days=s.webhook_retention_days),
+        }
+        return cls(pool, **{**values, **overrides})
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(

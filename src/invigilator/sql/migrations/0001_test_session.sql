@@ -236,7 +236,7 @@ SELECT pg_temp.ensure_constraint('test_session', 'test_session_status_check',
 SELECT pg_temp.ensure_constraint('test_session', 'test_session_completion_method_check',
     $c$CHECK (completion_method IS NULL OR completion_method IN
         ('manual', 'timer_expired', 'tab_close', 'admin', 'heartbeat_timeout', 'admin_terminated'))$c$);
--- active <=> not ended; and each method belongs to one status (DESIGN.md's table).
+-- active <=> not ended; and each method belongs to one status (docs/architecture.md; restated through test_session_status_of in 0003).
 SELECT pg_temp.ensure_constraint('test_session', 'test_session_status_method_check',
     $c$CHECK (
         (status = 'active' AND completed_at IS NULL AND completion_method IS NULL)
