@@ -114,7 +114,7 @@ def test_a_batch_refused_as_too_large_is_not_retried_and_the_page_is_told(
                 page.wait_for_function("window.ready === true", timeout=15_000)
                 page.evaluate("client.saveAnswers({ big: 'x'.repeat(8000), small: 'kept' })")
                 errors: Any = wait_until(
-                    lambda: page.evaluate("window.errors").copy() or None, timeout=15
+                    lambda: page.evaluate("window.errors").copy() or None, within=15
                 )
                 sent_when_told = len(patches)
                 time.sleep(1.0)  # ten retry periods of this client: none may come
