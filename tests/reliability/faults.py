@@ -70,6 +70,9 @@ class ApiProcess:
     """`python -m uvicorn --factory invigilator.api.app:app_factory` on 127.0.0.1, configured
     from the environment as in production, and killable with SIGKILL."""
 
+    #: More uvicorn arguments (a subclass may serve with another HTTP protocol).
+    extra_args: tuple[str, ...] = ()
+
     def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -102,6 +105,7 @@ class ApiProcess:
                     str(self.port),
                     "--log-level",
                     "warning",
+                    *self.extra_args,
                 ],
                 env=self.env,
                 stdout=log,

@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,37 +26,7 @@ PATIENCE = 15.0  # far more than LIMIT: how long a test waits before calling it 
 class BoundedApi(ApiProcess):
     """ApiProcess, served with the protocol `invigilator serve` uses."""
 
-    def start(self, timeout: float = 20.0) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "--factory",
-                    "invigilator.api.app:app_factory",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "warning",
-                    "--http",
-                    IMPORT_PATH,
-                ],
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the API exited at start: {self.log_path.read_text()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise TimeoutError(self.log_path.read_text())
+    extra_args = ("--http", IMPORT_PATH)
 
 
 @pytest.fixture
