@@ -223,11 +223,15 @@ async def test_given_up_after_max_age(
 ) -> None:
     receiver.respond = lambda _: 500
     before = counter(metrics.WEBHOOK_GIVEN_UP, type="session.started")
+    # An hour of max age, and the event moved an hour into the past after its first failed
+    # attempt: the next attempt is the one past max age, however slow this machine is.
     worker = make_worker(
-        store.pool, store.policy, env_url=receiver.url, env_secret=SECRET, max_age=0.5
+        store.pool, store.policy, env_url=receiver.url, env_secret=SECRET, max_age=3600
     )
     async with running(worker):
         await store.start(add_candidate(db))
+        await eventually(lambda: deliveries(db)[0][3] == 500, what="the first attempt to fail")
+        db.execute("UPDATE webhook_delivery SET created_at = created_at - interval '1 hour'")
         await eventually(lambda: deliveries(db)[0][1] == "failed", what="given up")
         attempts = len(receiver.requests)
         await asyncio.sleep(0.3)
