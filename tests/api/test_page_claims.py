@@ -57,7 +57,7 @@ async def test_the_newest_page_takes_over_and_an_older_page_is_refused(
     for path, body in [
         ("sections", {"section": "s1", "page_id": "page-a"}),
         ("events", {"type": "focus_lost", "page_id": "page-a"}),
-        ("complete", {"page_id": "page-a"}),
+        ("complete?page_id=page-a", None),
     ]:
         response = await api.as_candidate("POST", "alice", path, token, json=body)
         assert_problem(response, 409, "page_superseded")
@@ -103,10 +103,10 @@ async def test_with_multiple_pages_they_coexist_and_see_each_others_answers(api:
     state = (await api.as_candidate("GET", "alice", "state", token)).json()
     assert state["pending_answers"] == {"q1": "a", "q2": "b"}
     assert state["answer_seq"] == {"q1": 10, "q2": 11}
-    done = await api.as_candidate("POST", "alice", "complete", token, json={"page_id": "page-a"})
+    done = await api.as_candidate("POST", "alice", "complete?page_id=page-a", token)
     assert done.status_code == 200 and done.json()["page_id"] == "page-a"
     # The other page asks again: it learns the test was submitted, by page-a, not by itself.
-    again = await api.as_candidate("POST", "alice", "complete", token, json={"page_id": "page-b"})
+    again = await api.as_candidate("POST", "alice", "complete?page_id=page-b", token)
     assert again.json()["already_ended"] is True and again.json()["page_id"] == "page-a"
 
 

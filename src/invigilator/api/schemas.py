@@ -36,12 +36,12 @@ Reason = Annotated[str, StringConstraints(max_length=500)]
 PageId = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_PAGE_ID_LENGTH, pattern=NAME_PATTERN)
 ]
-PAGE_ID_FIELD = Field(
-    None,
-    description="The page that acts, as it claimed the session (POST …/pages). With the page "
-    "policy `single`, a page a newer one took over from is refused with `page_superseded`. "
-    "Without it the page rule does not apply (a caller that is no page).",
+PAGE_ID_DESCRIPTION = (
+    "The page that acts, as it claimed the session (POST …/pages). With the page policy "
+    "`single`, a page a newer one took over from is refused with `page_superseded`. Without "
+    "it the page rule does not apply (a caller that is no page)."
 )
+PAGE_ID_FIELD = Field(None, description=PAGE_ID_DESCRIPTION)
 
 
 # --- staff requests -----------------------------------------------------------------------
@@ -93,10 +93,6 @@ class SectionRequest(BaseModel):
 
 class PageClaimRequest(BaseModel):
     page_id: PageId = Field(description="A new random id per page (the browser client's).")
-
-
-class CompleteRequest(BaseModel):
-    page_id: PageId | None = PAGE_ID_FIELD
 
 
 class AnswersRequest(BaseModel):

@@ -4,9 +4,9 @@ turns HTTP into one call of the service (invigilator.service) and its result int
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 
 from invigilator.api import schemas, tokens
 from invigilator.api.deps import (
@@ -155,11 +155,10 @@ async def save_answers(
 async def complete(
     candidate_id: CandidateDep,
     sessions: SessionsDep,
-    body: schemas.CompleteRequest | None = None,
+    page_id: Annotated[schemas.PageId | None, Query(description=schemas.PAGE_ID_DESCRIPTION)] = None,
 ) -> schemas.CompleteResponse:
     """Submit the test. Idempotent: a repeat returns the stored outcome (`page_id` then names
-    the page that submitted)."""
-    page_id = body.page_id if body else None
+    the page that submitted). The page is a query parameter: the request has no body."""
     return schemas.complete_response(*await sessions.complete(candidate_id, page_id=page_id))
 
 
