@@ -24,15 +24,15 @@ from invigilator.db.connector import Cursor, Row, autocommit, transaction, trans
 from invigilator.db.rows import ended_error, to_ended, to_event, to_session
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
+    Claim,
     Clock,
     Ended,
     Event,
     InvalidInput,
-    Claim,
     InvigilatorError,
     Method,
-    PageSuperseded,
     Pages,
+    PageSuperseded,
     PayloadTooLarge,
     Policy,
     SaveResult,

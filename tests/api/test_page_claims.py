@@ -171,3 +171,28 @@ async def test_an_older_draft_never_beats_a_newer_committed_answer(api: Api) -> 
     assert newer.json()["applied"] == ["q3"] and newer.json()["current"] == {}
     state = (await api.as_candidate("GET", "alice", "state", token)).json()
     assert state["pending_answers"]["q3"] == "newer" and state["answer_seq"]["q3"] == t2
+
+
+async def test_sessions_opened_from_several_devices_are_marked_live_and_counted(
+    api_with: Any,
+) -> None:
+    async with api_with(client_ip="203.0.113.7") as api:
+        token = (await api.start("alice"))["token"]
+        bob = (await api.start("bob"))["token"]
+        await claim(api, token, "page-a", ua="Laptop")
+        await claim(api, token, "page-b", ua="Phone")
+        await api.client.post(
+            "/api/v1/sessions/bob/pages", json={"page_id": "one"}, headers=api.bearer(bob)
+        )
+        live = (await api.client.get("/api/v1/live", headers=api.staff)).json()
+        marks = {s["candidate_id"]: (s["multiple_devices"], s["devices"]) for s in live["sessions"]}
+        assert marks == {"alice": (True, 2), "bob": (False, 1)}
+        summary = await api.client.get(
+            "/api/v1/analytics/summary", params={"since": "2020-01-01"}, headers=api.staff
+        )
+        assert summary.json()["multiple_devices"] == {
+            "sessions": 1,
+            "share": 0.5,
+            "devices": 1,
+            "addresses": 0,
+        }

@@ -108,8 +108,10 @@ def test_two_tabs_offline_keep_each_others_answers(
     tab_b.close()
     context.set_offline(False)
     wait_until(
-        lambda: answers(live_server, "tabs-1")
-        == {"warm-up-1": "B typed this offline", "reasoning-1": "10:55"},
+        lambda: (
+            answers(live_server, "tabs-1")
+            == {"warm-up-1": "B typed this offline", "reasoning-1": "10:55"}
+        ),
         within=20,
     )
     expect(tab_a.locator("#saved")).to_have_text("All answers saved")

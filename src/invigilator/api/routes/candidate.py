@@ -3,6 +3,7 @@ turns HTTP into one call of the service (invigilator.service) and its result int
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Annotated, Any
 
@@ -95,9 +96,7 @@ async def activity(candidate_id: CandidateDep, sessions: SessionsDep) -> schemas
     return schemas.Clock(**schemas.clock(await sessions.record_activity(candidate_id)))
 
 
-@router.post(
-    "/events", status_code=204, responses=responses(409, 413, s409=ENDED_OR_SUPERSEDED)
-)
+@router.post("/events", status_code=204, responses=responses(409, 413, s409=ENDED_OR_SUPERSEDED))
 async def client_event(
     candidate_id: CandidateDep, body: schemas.ClientEventRequest, sessions: SessionsDep
 ) -> Response:
@@ -129,9 +128,7 @@ async def save_answers(
 ) -> schemas.SaveResponse:
     """Merge answers. A 200 means committed. Per question the highest `seq` (the edit's
     time) wins; a superseded question comes back with the newer answer the server holds."""
-    result = await sessions.save_answers(
-        candidate_id, body.answers, body.seq, page_id=body.page_id
-    )
+    result = await sessions.save_answers(candidate_id, body.answers, body.seq, page_id=body.page_id)
     return schemas.SaveResponse(
         **schemas.clock(result.clock),
         seq=result.seq,
@@ -155,7 +152,9 @@ async def save_answers(
 async def complete(
     candidate_id: CandidateDep,
     sessions: SessionsDep,
-    page_id: Annotated[schemas.PageId | None, Query(description=schemas.PAGE_ID_DESCRIPTION)] = None,
+    page_id: Annotated[
+        schemas.PageId | None, Query(description=schemas.PAGE_ID_DESCRIPTION)
+    ] = None,
 ) -> schemas.CompleteResponse:
     """Submit the test. Idempotent: a repeat returns the stored outcome (`page_id` then names
     the page that submitted). The page is a query parameter: the request has no body."""
@@ -196,10 +195,9 @@ async def tab_close(
     body = await request.body()
     token = tokens.bearer(request.scope["headers"]) or _beacon_token(body)
     candidate_from_token(token, candidate_id, runtime)
-    try:
+    # An older page closing says nothing about the page the candidate is on.
+    with contextlib.suppress(PageSuperseded):
         await sessions.tab_close(candidate_id, page_id=_beacon_page(body))
-    except PageSuperseded:
-        pass  # an older page closing says nothing about the page the candidate is on
     return Response(status_code=204)
 
 
