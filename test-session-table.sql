@@ -1168,8 +1168,10 @@ INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (6, 'a
 -- Answer rows keep the time each edit was made: `seq` is that time (docs/schema.md).
 -- Idempotent, like the others.
 
+-- varchar(16), like the per-session policy columns of the proctor controls; never NULL: a
+-- start writes the deployment's default (INVIGILATOR_PAGES), the guide's own INSERT gets 'single'.
 EXECUTE $sql$
-ALTER TABLE test_session ADD COLUMN IF NOT EXISTS pages text NOT NULL DEFAULT 'single'
+ALTER TABLE test_session ADD COLUMN IF NOT EXISTS pages varchar(16) NOT NULL DEFAULT 'single'
 $sql$;
 -- The newest claim's page id; NULL until a page claims (API clients that name no page).
 EXECUTE $sql$
@@ -1247,7 +1249,7 @@ LANGUAGE sql STABLE AS $$
                    ELSE '{}'::jsonb END
 $$
 $sql$;
-INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (7, 'page_claims', 'e0e4c999e86df1b69b811e1a0aefc1cc8c5d3d76b32811979d9359b63bc19f61') ON CONFLICT (version) DO NOTHING;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (7, 'page_claims', '6a7e8e6c122106421c78ea2db68bbf89d68089ae0d4da1351feebdda5bc58b51') ON CONFLICT (version) DO NOTHING;
 END
 $invigilator$;
 COMMIT;

@@ -8,7 +8,9 @@
 -- Answer rows keep the time each edit was made: `seq` is that time (docs/schema.md).
 -- Idempotent, like the others.
 
-ALTER TABLE test_session ADD COLUMN IF NOT EXISTS pages text NOT NULL DEFAULT 'single';
+-- varchar(16), like the per-session policy columns of the proctor controls; never NULL: a
+-- start writes the deployment's default (INVIGILATOR_PAGES), the guide's own INSERT gets 'single'.
+ALTER TABLE test_session ADD COLUMN IF NOT EXISTS pages varchar(16) NOT NULL DEFAULT 'single';
 -- The newest claim's page id; NULL until a page claims (API clients that name no page).
 ALTER TABLE test_session ADD COLUMN IF NOT EXISTS page_id text;
 
