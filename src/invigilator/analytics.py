@@ -125,6 +125,13 @@ class Day(TypedDict):
     active: int
 
 
+class MultipleDevices(TypedDict):
+    sessions: int  # sessions whose pages came from more than one device or address
+    share: float | None  # of all sessions in the window
+    devices: int  # more than one device (user agent)
+    addresses: int  # more than one client address
+
+
 class Summary(TypedDict):
     window: Window
     generated_at: str
@@ -140,6 +147,7 @@ class Summary(TypedDict):
     duration_histogram: list[MinuteBucket]
     abandonment: Abandonment
     daily: list[Day]
+    multiple_devices: MultipleDevices
 
 
 class LiveSession(TypedDict):
@@ -152,6 +160,9 @@ class LiveSession(TypedDict):
     silent: bool
     sections_completed: int
     tab_closed: bool  # a tab-close beacon arrived; the tab-close grace is running
+    devices: int  # distinct devices (user agents) among the session's page claims
+    addresses: int  # distinct client addresses among them
+    multiple_devices: bool  # more than one of either: worth a look
 
 
 class Live(TypedDict):
@@ -337,6 +348,11 @@ def summary_rows(report: Summary) -> Iterator[tuple[str, str, Any]]:
     for row in report["daily"]:
         for key in ("started", "completed", "abandoned", "active"):
             yield f"daily.{key}", row["date"], row[key]  # type: ignore[literal-required]
+    spread = report["multiple_devices"]
+    yield "multiple_devices.sessions", "", spread["sessions"]
+    yield "multiple_devices.share", "", spread["share"]
+    yield "multiple_devices.devices", "", spread["devices"]
+    yield "multiple_devices.addresses", "", spread["addresses"]
 
 
 def _span(bucket: MinuteBucket) -> str:

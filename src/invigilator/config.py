@@ -12,7 +12,7 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from invigilator.domain import ConfigurationError, InvalidInput, Policy, TabClosePolicy
+from invigilator.domain import ConfigurationError, InvalidInput, Pages, Policy, TabClosePolicy
 from invigilator.validation import Limits, check_webhook_url
 
 
@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # How long the guide's pending_answers may lag a running session's answers (it mirrors
     # the answer rows; exact at the end). The sweeper refreshes it, so add its interval.
     answers_mirror_delay_seconds: float = Field(default=30, ge=0)
+    # A session's page policy when its start names none: `single` (the newest page takes
+    # over, an older page's writes are refused) or `multiple` (pages coexist).
+    pages: Pages = Pages.SINGLE
 
     # Database pool and timeouts.
     pool_min_size: int = Field(default=2, ge=1)
@@ -124,6 +127,7 @@ class Settings(BaseSettings):
             tab_close_policy=self.tab_close_policy,
             heartbeat_interval=timedelta(seconds=self.heartbeat_interval_seconds),
             answers_mirror_delay=timedelta(seconds=self.answers_mirror_delay_seconds),
+            pages=self.pages,
         )
 
     def limits(self) -> Limits:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,6 +39,13 @@ class TabClosePolicy(enum.StrEnum):
     IGNORE = "ignore"  # nothing special: the abandon rule decides
 
 
+class Pages(enum.StrEnum):
+    """A session's page policy (`pages`): what a second page (tab, window, device) means."""
+
+    SINGLE = "single"  # the newest page takes over; an older page's writes are refused
+    MULTIPLE = "multiple"  # pages coexist, each sees the others' answers
+
+
 DEFAULT_DURATION_MINUTES = 60  # the guide's column default
 MIN_DURATION_MINUTES = 1
 MAX_DURATION_MINUTES = 24 * 60  # mirrors CHECK test_session_duration_range
@@ -58,6 +65,8 @@ class Policy:
     heartbeat_interval: timedelta
     #: How long pending_answers may lag a running session's answer rows (docs/schema.md).
     answers_mirror_delay: timedelta
+    #: The page policy a session gets when its start names none (config.Settings).
+    pages: Pages = Pages.SINGLE
 
     @property
     def resume_gap(self) -> timedelta:
@@ -117,6 +126,13 @@ class SessionAlreadyEnded(InvigilatorError):
     code = "session_already_ended"
 
 
+class PageSuperseded(InvigilatorError):
+    """A write from a page that a newer page of the same session took over from (policy
+    `single`): that page must claim the session again to go on."""
+
+    code = "page_superseded"
+
+
 class InvalidInput(InvigilatorError):
     code = "validation_error"
 
@@ -166,6 +182,9 @@ class Session:
     created_at: datetime
     updated_at: datetime
     server_now: datetime
+    pages: Pages = Pages.SINGLE
+    #: The newest page claim (None until a page claims; after a candidate's submit: its page).
+    page_id: str | None = None
 
     @property
     def is_active(self) -> bool:
@@ -195,12 +214,23 @@ class Clock:
 @dataclass(frozen=True, slots=True)
 class SaveResult:
     """What an answer save committed: `applied` keys now hold this save's values; `superseded`
-    keys were already at a newer `seq` and kept it. Both are safe for the client to forget."""
+    keys were already at a newer `seq` (a later edit) and kept it: the page shows `current`."""
 
     clock: Clock
     seq: int
     applied: list[str]
     superseded: list[str]
+    #: What the server holds for each superseded question: {question: (value, seq)}.
+    current: dict[str, tuple[Any, int]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A page's claim on a session: the session as the page resumes it, and how many pages
+    the claim took over from (policy `single`)."""
+
+    session: Session
+    superseded: int
 
 
 @dataclass(frozen=True, slots=True)

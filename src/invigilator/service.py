@@ -15,11 +15,13 @@ from typing import Any, Literal
 
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
+    Claim,
     Clock,
     Ended,
     Event,
     InvalidInput,
     Method,
+    Pages,
     Policy,
     SaveResult,
     Session,
@@ -28,7 +30,14 @@ from invigilator.domain import (
 from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.privacy import Erasure, PrivacyStore, Purged
 from invigilator.store import SessionStore
-from invigilator.validation import Limits, check_answers, check_candidate_id, check_name
+from invigilator.validation import (
+    MAX_USER_AGENT_LENGTH,
+    Limits,
+    check_answers,
+    check_candidate_id,
+    check_name,
+    check_page_id,
+)
 
 #: How staff may end a session, and the completion method each outcome is recorded with.
 STAFF_OUTCOMES: dict[str, Method] = {"submit": Method.ADMIN, "terminate": Method.ADMIN_TERMINATED}
@@ -67,8 +76,10 @@ class Sessions:
         duration_minutes: int = DEFAULT_DURATION_MINUTES,
         sections: list[str] | None = None,
         create_candidate: bool = False,
+        pages: Pages | None = None,
     ) -> Started:
-        """Start a candidate's session; repeating it for an active session returns that one."""
+        """Start a candidate's session; repeating it for an active session returns that one.
+        `pages`: the session's page policy (default: the deployment's, Settings.pages)."""
         check_candidate_id(candidate_id)
         if sections is not None:
             if len(sections) > self.limits.max_sections:
@@ -81,6 +92,7 @@ class Sessions:
             planned_sections=list(dict.fromkeys(sections)) if sections else None,
             create_candidate=create_candidate,
             actor=actor,
+            pages=pages,
         )
         return Started(session, created)
 
@@ -130,44 +142,79 @@ class Sessions:
         return await self.privacy.is_signed_out(sign_in_id)
 
     # --- the candidate's page -----------------------------------------------------------------
+    # `page_id`: the page (tab, window, device) that acts, as it claimed the session. A page a
+    # newer one took over from (policy `single`) is refused with PageSuperseded; None: a caller
+    # that is no page (API scripts), which the page rule leaves alone.
 
     async def read(self, candidate_id: str) -> Session:
         """The session as it truly is now (a due session is ended first: lazy expiry)."""
         return await self.store.get(candidate_id)
 
+    async def claim_page(
+        self,
+        candidate_id: str,
+        page_id: str,
+        *,
+        user_agent: str | None = None,
+        client_address: str | None = None,
+    ) -> Claim:
+        """A page opens the session (a new claim, or the same page again: "continue here"); with
+        the policy `single` it takes over from every other page. Returns the session to resume."""
+        check_page_id(page_id)
+        return await self.store.claim_page(
+            candidate_id,
+            page_id,
+            user_agent=user_agent[:MAX_USER_AGENT_LENGTH] if user_agent else None,
+            client_address=client_address,
+        )
+
     async def heartbeat(self, candidate_id: str, *, active: bool = False) -> Clock:
-        """The page is alive; returns the clock once committed. A refusal raises its reason."""
+        """The page is alive; returns the clock once committed. A refusal raises its reason.
+        A heartbeat carries no page: it says the candidate is there, whichever page beats."""
         if self.heartbeats is not None:
             return await self.heartbeats.beat(candidate_id, active=active)
         s = await self.store.heartbeat(candidate_id, active=active)
         return Clock(s.candidate_id, s.status, s.deadline, s.server_now)
 
-    async def record_activity(self, candidate_id: str) -> Session:
-        return await self.store.record_activity(candidate_id)
+    async def record_activity(self, candidate_id: str, *, page_id: str | None = None) -> Session:
+        return await self.store.record_activity(candidate_id, page_id=_page(page_id))
 
     async def save_answers(
-        self, candidate_id: str, answers: dict[str, Any], seq: int
+        self, candidate_id: str, answers: dict[str, Any], seq: int, *, page_id: str | None = None
     ) -> SaveResult:
-        """Merge answers; returns once committed. Per question the highest `seq` wins."""
+        """Merge answers; returns once committed. Per question the highest `seq` wins, and
+        `seq` is when the edit was made (docs/schema.md): an older edit never wins."""
         check_answers(answers, self.limits)
         return await self.store.save_answers(
-            candidate_id, answers, seq, max_total_bytes=self.limits.max_answers_bytes
+            candidate_id,
+            answers,
+            seq,
+            max_total_bytes=self.limits.max_answers_bytes,
+            page_id=_page(page_id),
         )
 
-    async def complete_section(self, candidate_id: str, section: str) -> Session:
+    async def complete_section(
+        self, candidate_id: str, section: str, *, page_id: str | None = None
+    ) -> Session:
         check_name(section, "section")
-        return await self.store.complete_section(candidate_id, section)
+        return await self.store.complete_section(candidate_id, section, page_id=_page(page_id))
 
-    async def record_event(self, candidate_id: str, event_type: str) -> None:
+    async def record_event(
+        self, candidate_id: str, event_type: str, *, page_id: str | None = None
+    ) -> None:
         """A browser-reported event (focus, visibility) in the session's timeline."""
-        await self.store.record_client_event(candidate_id, event_type)
+        await self.store.record_client_event(candidate_id, event_type, page_id=_page(page_id))
 
-    async def tab_close(self, candidate_id: str) -> Session:
-        return await self.store.tab_close(candidate_id)
+    async def tab_close(self, candidate_id: str, *, page_id: str | None = None) -> Session:
+        return await self.store.tab_close(candidate_id, page_id=_page(page_id))
 
-    async def complete(self, candidate_id: str) -> tuple[Session, bool]:
+    async def complete(
+        self, candidate_id: str, *, page_id: str | None = None
+    ) -> tuple[Session, bool]:
         """The candidate submits. Idempotent: a repeat returns the stored outcome."""
-        return await self.store.complete(candidate_id, Method.MANUAL, actor="candidate")
+        return await self.store.complete(
+            candidate_id, Method.MANUAL, actor="candidate", page_id=_page(page_id)
+        )
 
     # --- background ---------------------------------------------------------------------------
 
@@ -182,3 +229,7 @@ class Sessions:
         """Retention: the answers and timelines of up to `batch_size` sessions that ended more
         than `keep` ago go, in one transaction (one sweeper batch); the rows stay."""
         return await self.privacy.purge_ended(keep, batch_size)
+
+
+def _page(page_id: str | None) -> str | None:
+    return None if page_id is None else check_page_id(page_id)

@@ -24,12 +24,15 @@ from invigilator.db.connector import Cursor, Row, autocommit, transaction, trans
 from invigilator.db.rows import ended_error, to_ended, to_event, to_session
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
+    Claim,
     Clock,
     Ended,
     Event,
     InvalidInput,
     InvigilatorError,
     Method,
+    Pages,
+    PageSuperseded,
     PayloadTooLarge,
     Policy,
     SaveResult,
@@ -82,20 +85,30 @@ class SessionStore:
             raise SessionNotFound(f"no test session for candidate {candidate_id!r}")
         return to_session(row)
 
-    async def _refusal(self, cur: Cursor, candidate_id: str) -> InvigilatorError:
+    async def _refusal(
+        self, cur: Cursor, candidate_id: str, page_id: str | None = None
+    ) -> InvigilatorError:
         """Why a guarded write matched no row: the session is unknown, or has ended (lazy
-        expiry writes that end now, in the same transaction, so it is committed)."""
+        expiry writes that end now, in the same transaction, so it is committed), or is still
+        open, so the guard that refused is the page claim's (test_session_page_may_write)."""
         try:
             session = await self._settle(cur, candidate_id)
         except SessionNotFound as exc:
             return exc
+        if session.is_active and page_id is not None:
+            return _superseded()
         return ended_error(session)
 
     async def _guarded_write(self, name: str, candidate_id: str, **params: Any) -> Session:
-        """Run a write guarded by test_session_open; explain a refusal."""
+        """Run a write guarded by test_session_open (and the page claim); explain a refusal."""
+        params.setdefault("page_id", None)
         async with transaction(self.pool) as cur:
             row = await self._fetch_one(cur, name, candidate_id=candidate_id, **params)
-            refusal = None if row is not None else await self._refusal(cur, candidate_id)
+            refusal = (
+                None
+                if row is not None
+                else await self._refusal(cur, candidate_id, params["page_id"])
+            )
         if row is None:
             assert refusal is not None
             raise refusal
@@ -111,6 +124,7 @@ class SessionStore:
         planned_sections: list[str] | None = None,
         create_candidate: bool = False,
         actor: str = "system",
+        pages: Pages | None = None,
     ) -> tuple[Session, bool]:
         """Start a session; `(session, True)` when created, `(existing, False)` when the candidate
         already has an active one. Refused (SessionAlreadyEnded) when theirs has ended."""
@@ -124,6 +138,7 @@ class SessionStore:
                 duration_minutes=duration_minutes,
                 planned_sections=Jsonb(planned_sections) if planned_sections is not None else None,
                 actor=actor,
+                pages=Pages(pages or self.policy.pages).value,
             )
             if row is not None:
                 return to_session(row), True
@@ -222,30 +237,59 @@ class SessionStore:
             refusal = await self._refusal(cur, candidate_id)
         raise refusal
 
-    async def record_activity(self, candidate_id: str) -> Session:
-        return await self._guarded_write("record_activity", candidate_id)
+    async def record_activity(self, candidate_id: str, *, page_id: str | None = None) -> Session:
+        return await self._guarded_write("record_activity", candidate_id, page_id=page_id)
 
-    async def tab_close(self, candidate_id: str) -> Session:
-        return await self._guarded_write("record_tab_close", candidate_id)
+    async def tab_close(self, candidate_id: str, *, page_id: str | None = None) -> Session:
+        return await self._guarded_write("record_tab_close", candidate_id, page_id=page_id)
 
-    async def complete_section(self, candidate_id: str, section: str) -> Session:
+    async def claim_page(
+        self,
+        candidate_id: str,
+        page_id: str,
+        *,
+        user_agent: str | None = None,
+        client_address: str | None = None,
+    ) -> Claim:
+        """A page opens the session: record its claim and make it the newest (with the policy
+        `single`, every other page is superseded). Refused (SessionEnded) once it has ended."""
+        async with transaction(self.pool) as cur:
+            row = await self._fetch_one(
+                cur,
+                "claim_page",
+                candidate_id=candidate_id,
+                page_id=page_id,
+                user_agent=user_agent,
+                client_address=client_address,
+            )
+            if row is not None:
+                return Claim(await self._settle(cur, candidate_id), int(row["superseded"]))
+            refusal = await self._refusal(cur, candidate_id)
+        raise refusal
+
+    async def complete_section(
+        self, candidate_id: str, section: str, *, page_id: str | None = None
+    ) -> Session:
         """Mark a section completed; repeating it is harmless. A section outside the planned
         list (when the session has one) is refused."""
         refusal: InvigilatorError
         async with transaction(self.pool) as cur:
             row = await self._fetch_one(
-                cur, "complete_section", candidate_id=candidate_id, section=section
+                cur, "complete_section", candidate_id=candidate_id, section=section, page_id=page_id
             )
             if row is not None:
                 return to_session(row)
             session = await self._settle(cur, candidate_id)
             if session.is_active:
+                planned = session.planned_sections
                 if section in session.sections_completed:
                     return session
-                refusal = InvalidInput(
-                    f"{section!r} is not one of this test's sections",
-                    sections=session.planned_sections,
-                )
+                if planned is None or section in planned:  # open and allowed: the page claim
+                    refusal = _superseded()
+                else:
+                    refusal = InvalidInput(
+                        f"{section!r} is not one of this test's sections", sections=planned
+                    )
             else:
                 refusal = ended_error(session)
         raise refusal
@@ -257,14 +301,22 @@ class SessionStore:
         seq: int,
         *,
         max_total_bytes: int | None = None,
+        page_id: str | None = None,
     ) -> SaveResult:
         """Upsert `answers` (question -> value) at `seq`. Returns only once committed; its cost
-        follows what it writes, not what the session holds."""
+        follows what it writes, not what the session holds. For each superseded question the
+        result says what the server holds instead."""
+        current: dict[str, tuple[Any, int]] = {}
         async with transaction(self.pool) as cur:
             row = await self._fetch_one(
-                cur, "save_answers", candidate_id=candidate_id, answers=Jsonb(answers), seq=seq
+                cur,
+                "save_answers",
+                candidate_id=candidate_id,
+                answers=Jsonb(answers),
+                seq=seq,
+                page_id=page_id,
             )
-            refusal = None if row is not None else await self._refusal(cur, candidate_id)
+            refusal = None if row is not None else await self._refusal(cur, candidate_id, page_id)
             limit = max_total_bytes
             if row is not None and limit is not None:
                 size = await self._fetch_one(cur, "answers_size", candidate_id=candidate_id)
@@ -273,13 +325,20 @@ class SessionStore:
                     raise PayloadTooLarge(
                         f"the session's answers would exceed {limit} bytes", limit_bytes=limit
                     )
+            superseded = sorted(set(answers) - set(row["applied"])) if row is not None else []
+            if superseded:  # a later statement: it sees the newer save that won, committed
+                await cur.execute(
+                    Q["current_answers"], {"candidate_id": candidate_id, "questions": superseded}
+                )
+                current = {r["question"]: (r["value"], int(r["seq"])) for r in await cur.fetchall()}
         if row is None:
             assert refusal is not None
             raise refusal
         applied = sorted(row["applied"])
         clock = Clock(candidate_id, Status(row["status"]), row["deadline"], row["server_now"])
-        superseded = sorted(set(answers) - set(applied))
-        return SaveResult(clock=clock, seq=seq, applied=applied, superseded=superseded)
+        return SaveResult(
+            clock=clock, seq=seq, applied=applied, superseded=superseded, current=current
+        )
 
     async def _sync_answers(self, cur: Cursor, candidate_ids: list[Any]) -> None:
         """pending_answers mirrors the answer rows again for these sessions."""
@@ -298,7 +357,12 @@ class SessionStore:
         return len(ids)
 
     async def record_client_event(
-        self, candidate_id: str, event_type: str, detail: dict[str, Any] | None = None
+        self,
+        candidate_id: str,
+        event_type: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        page_id: str | None = None,
     ) -> None:
         async with transaction(self.pool) as cur:
             row = await self._fetch_one(
@@ -307,8 +371,9 @@ class SessionStore:
                 candidate_id=candidate_id,
                 type=event_type,
                 detail=Jsonb(detail or {}),
+                page_id=page_id,
             )
-            refusal = None if row is not None else await self._refusal(cur, candidate_id)
+            refusal = None if row is not None else await self._refusal(cur, candidate_id, page_id)
         if refusal is not None:
             raise refusal
 
@@ -319,9 +384,11 @@ class SessionStore:
         *,
         actor: str = "candidate",
         reason: str | None = None,
+        page_id: str | None = None,
     ) -> tuple[Session, bool]:
         """End the session now. `(session, True)` if this call ended it; `(stored, False)` if it
-        had already ended — the first completion wins and is never moved."""
+        had already ended — the first completion wins and is never moved. A page a newer one
+        took over from is refused (PageSuperseded)."""
         async with transaction(self.pool) as cur:
             row = await self._fetch_one(
                 cur,
@@ -330,11 +397,14 @@ class SessionStore:
                 method=method.value,
                 actor=actor,
                 reason=reason,
+                page_id=page_id,
             )
             if row is not None:  # exactly at the end, pending_answers holds every answer
                 await self._sync_answers(cur, [row["candidate_id"]])
                 return await self._settle(cur, candidate_id), True
             stored = await self._settle(cur, candidate_id)
+        if stored.is_active and page_id is not None:  # open, so the page claim refused it
+            raise _superseded()
         return stored, False
 
     async def extend(
@@ -398,6 +468,12 @@ class SessionStore:
             if not rows:
                 await self._settle(cur, candidate_id)  # raises SessionNotFound if none
         return [to_event(r) for r in rows]
+
+
+def _superseded() -> PageSuperseded:
+    return PageSuperseded(
+        "this test was opened in another window; continue there, or open it here again"
+    )
 
 
 def _as_uuid(value: str) -> uuid.UUID | None:

@@ -28,6 +28,8 @@ MAX_NAME_LENGTH = 128
 #: also accept a trailing newline before `$`: `fullmatch` below does not).
 NAME_PATTERN = f"^[{NAME_CHARACTERS}]*[A-Za-z0-9][{NAME_CHARACTERS}]*$"
 _NAME = re.compile(NAME_PATTERN[1:-1])
+MAX_PAGE_ID_LENGTH = 64  # mirrors CHECK test_session_page_id_check (migration 0007)
+MAX_USER_AGENT_LENGTH = 512  # kept of a page's User-Agent header: a device, not a document
 MAX_SEQ = 2**53 - 1  # the largest integer a browser's JSON numbers hold exactly
 
 
@@ -71,6 +73,17 @@ def check_name(value: str, what: str) -> str:
             f"{what} must be 1–{MAX_NAME_LENGTH} of the characters {NAME_CHARACTERS}, "
             "with a letter or digit",
             field=what,
+        )
+    return value
+
+
+def check_page_id(value: str) -> str:
+    """A page's id (the browser client makes a random one per page): a name, up to 64."""
+    if not is_name(value, MAX_PAGE_ID_LENGTH):
+        raise InvalidInput(
+            f"page_id must be 1–{MAX_PAGE_ID_LENGTH} of the characters {NAME_CHARACTERS}, "
+            "with a letter or digit",
+            field="page_id",
         )
     return value
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from invigilator.domain import Clock as DomainClock
-from invigilator.domain import Method, Session, Status
+from invigilator.domain import Method, Pages, Session, Status
 
 
 class Clock(BaseModel):
@@ -35,10 +35,23 @@ class SessionOut(Clock):
     planned_sections: list[str] | None
     created_at: datetime
     updated_at: datetime
+    pages: Pages = Field(
+        Pages.SINGLE,
+        description="The page policy: `single`, the newest page takes over (an older page's "
+        "writes are refused with `page_superseded`); `multiple`, pages coexist.",
+    )
 
 
 class SessionWithAnswers(SessionOut):
     pending_answers: dict[str, Any]
+    answer_seq: dict[str, int] = Field(
+        default_factory=dict,
+        description="question -> the `seq` (edit time) of the answer the server holds.",
+    )
+    page_id: str | None = Field(
+        None,
+        description="The newest page claim; after the candidate submitted, the page that did.",
+    )
 
 
 def clock(session: Session | DomainClock) -> dict[str, Any]:
@@ -65,7 +78,10 @@ def session_fields(session: Session, *, answers: bool = True) -> dict[str, Any]:
         "planned_sections": session.planned_sections,
         "created_at": session.created_at,
         "updated_at": session.updated_at,
+        "pages": session.pages,
     }
     if answers:
         fields["pending_answers"] = session.pending_answers
+        fields["answer_seq"] = session.answer_seq
+        fields["page_id"] = session.page_id
     return fields

@@ -133,7 +133,9 @@ def test_answer_typed_offline_is_committed_when_the_network_returns(
 
     expect(page.locator("#connection")).to_have_attribute("data-online", "false")
     expect(page.locator("#connection")).to_contain_text("Offline")
-    stored = page.evaluate("id => localStorage.getItem('invigilator:v1:' + id)", candidate_id)
+    stored = page.evaluate(
+        "id => localStorage.getItem('invigilator:v2:' + id + ':a:writing-1')", candidate_id
+    )
     assert stored is not None and text in stored, "kept on the device until acknowledged"
     assert "writing-1" not in answers(live_server, candidate_id)
     expect(page.locator("#saved")).to_have_text("1 unsaved — kept on this device")
@@ -143,8 +145,10 @@ def test_answer_typed_offline_is_committed_when_the_network_returns(
     wait_until(lambda: answers(live_server, candidate_id).get("writing-1") == text, within=15)
     expect(page.locator("#connection")).to_have_attribute("data-online", "true")
     expect(page.locator("#saved")).to_have_text("All answers saved")
-    stored = page.evaluate("id => localStorage.getItem('invigilator:v1:' + id)", candidate_id)
-    assert stored is not None and text not in stored, "forgotten locally once committed"
+    stored = page.evaluate(
+        "id => localStorage.getItem('invigilator:v2:' + id + ':a:writing-1')", candidate_id
+    )
+    assert stored is None, "forgotten locally once committed"
 
 
 def test_submit_shows_the_outcome_and_completes_the_session(

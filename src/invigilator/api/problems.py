@@ -28,6 +28,7 @@ STATUS_OF_CODE: dict[str, int] = {
     domain.CandidateNotFound.code: 404,
     domain.SessionEnded.code: 409,
     domain.SessionAlreadyEnded.code: 409,
+    domain.PageSuperseded.code: 409,
     domain.InvalidInput.code: 422,
     domain.PayloadTooLarge.code: 413,
     domain.DatabaseUnavailable.code: 503,

@@ -13,11 +13,12 @@ from invigilator.domain import (
     MAX_DURATION_MINUTES,
     MAX_EXTENSION_MINUTES,
     MIN_DURATION_MINUTES,
+    Pages,
     Policy,
     Session,
 )
 from invigilator.domain import Clock as DomainClock
-from invigilator.validation import MAX_NAME_LENGTH, MAX_SEQ, NAME_PATTERN
+from invigilator.validation import MAX_NAME_LENGTH, MAX_PAGE_ID_LENGTH, MAX_SEQ, NAME_PATTERN
 from invigilator.views import Clock as Clock
 from invigilator.views import SessionOut as SessionOut
 from invigilator.views import SessionWithAnswers as SessionWithAnswers
@@ -32,6 +33,15 @@ SectionName = Annotated[
     str, StringConstraints(min_length=1, max_length=MAX_NAME_LENGTH, pattern=NAME_PATTERN)
 ]
 Reason = Annotated[str, StringConstraints(max_length=500)]
+PageId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_PAGE_ID_LENGTH, pattern=NAME_PATTERN)
+]
+PAGE_ID_DESCRIPTION = (
+    "The page that acts, as it claimed the session (POST …/pages). With the page policy "
+    "`single`, a page a newer one took over from is refused with `page_superseded`. Without "
+    "it the page rule does not apply (a caller that is no page)."
+)
+PAGE_ID_FIELD = Field(None, description=PAGE_ID_DESCRIPTION)
 
 
 # --- staff requests -----------------------------------------------------------------------
@@ -49,6 +59,11 @@ class StartRequest(BaseModel):
         False,
         strict=True,
         description="Create the candidate row when the host application has none.",
+    )
+    pages: Pages | None = Field(
+        None,
+        description="The page policy: `single` (the newest page takes over) or `multiple` "
+        "(pages coexist). Default: INVIGILATOR_PAGES.",
     )
 
 
@@ -73,6 +88,11 @@ class HeartbeatRequest(BaseModel):
 
 class SectionRequest(BaseModel):
     section: SectionName
+    page_id: PageId | None = PAGE_ID_FIELD
+
+
+class PageClaimRequest(BaseModel):
+    page_id: PageId = Field(description="A new random id per page (the browser client's).")
 
 
 class AnswersRequest(BaseModel):
@@ -81,8 +101,12 @@ class AnswersRequest(BaseModel):
         ge=0,
         le=MAX_SEQ,
         strict=True,  # a JSON integer: `true`, "5" or 5.0 are refused, not read as numbers
-        description="Increases with every edit; an older seq never wins.",
+        description="The time the edit was made, on the server's clock, in epoch "
+        "milliseconds (the browser client's), or any count that increases with every edit: "
+        "per question the highest seq wins, so an older edit never beats a newer one, "
+        "whatever order they arrive in.",
     )
+    page_id: PageId | None = PAGE_ID_FIELD
 
 
 ClientEventType = Literal["focus_lost", "focus_regained", "tab_hidden", "tab_visible"]
@@ -90,6 +114,7 @@ ClientEventType = Literal["focus_lost", "focus_regained", "tab_hidden", "tab_vis
 
 class ClientEventRequest(BaseModel):
     type: ClientEventType
+    page_id: PageId | None = PAGE_ID_FIELD
 
 
 # --- responses ----------------------------------------------------------------------------
@@ -114,6 +139,20 @@ class SaveResponse(Clock):
     seq: int
     applied: list[str] = Field(description="Questions now holding this save's values.")
     superseded: list[str] = Field(description="Questions already at a newer seq, kept.")
+    current: dict[str, Any] = Field(
+        default_factory=dict,
+        description="For each superseded question, the newer answer the server holds: the "
+        "page shows it in place of its own.",
+    )
+    current_seq: dict[str, int] = Field(
+        default_factory=dict, description="The seq of each answer in `current`."
+    )
+
+
+class PageClaimResponse(SessionWithAnswers):
+    superseded_pages: int = Field(
+        description="How many other pages this claim took over from (policy `single`)."
+    )
 
 
 class CompleteResponse(SessionWithAnswers):

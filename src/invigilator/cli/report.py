@@ -227,6 +227,18 @@ def render_summary(s: Summary, live: Live | None = None) -> RenderableType:
     )
     parts.append(gave_up)
 
+    spread = s["multiple_devices"]
+    pages = Table(
+        title=f"Opened from more than one device or address: {spread['sessions']:,} "
+        f"({charts.pct(spread['share'])} of sessions)",
+        title_justify="left",
+    )
+    pages.add_column("more than one", justify="left")
+    pages.add_column("sessions", justify="right")
+    pages.add_row("device (user agent)", f"{spread['devices']:,}")
+    pages.add_row("client address", f"{spread['addresses']:,}")
+    parts.append(pages)
+
     funnel = Table(title="Funnel: sections completed", title_justify="left")
     for col in ("sections", "reached", "gave up there", "drop-off"):
         funnel.add_column(col, justify="right")

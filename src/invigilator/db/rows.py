@@ -4,7 +4,7 @@ why a write to an ended session was refused."""
 from __future__ import annotations
 
 from invigilator.db.connector import Row
-from invigilator.domain import Ended, Event, Method, Session, SessionEnded, Status
+from invigilator.domain import Ended, Event, Method, Pages, Session, SessionEnded, Status
 
 
 def to_session(row: Row) -> Session:
@@ -31,6 +31,8 @@ def to_session(row: Row) -> Session:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         server_now=row["server_now"],
+        pages=Pages(row.get("pages") or Pages.SINGLE),
+        page_id=row.get("page_id"),
     )
 
 

@@ -66,6 +66,18 @@ WITH stored AS (
            CASE WHEN test_session_gave_up(x.method) THEN x.candidate_id END AS leaver_id,
            CASE WHEN test_session_gave_up(x.method) THEN x.ended_at END AS leaver_end
       FROM stored x
+), spread AS (
+    -- Sessions whose pages came from more than one device (user agent) or address
+    -- (migration 0007): one probe of the page claims by candidate_id per session.
+    SELECT count(*) AS either,
+           count(*) FILTER (WHERE y.devices > 1) AS devices,
+           count(*) FILTER (WHERE y.addresses > 1) AS addresses
+      FROM stored x
+     CROSS JOIN LATERAL (
+           SELECT count(DISTINCT coalesce(p.user_agent, '')) AS devices,
+                  count(DISTINCT coalesce(p.client_address, '')) AS addresses
+             FROM test_session_page p WHERE p.candidate_id = x.candidate_id) y
+     WHERE y.devices > 1 OR y.addresses > 1
 ), focus AS (
     -- Those who gave up and lost focus (or hid the tab) before the end: one probe of the
     -- event log by candidate_id per such session (idx_test_session_event_focus).
@@ -227,9 +239,15 @@ SELECT json_build_object(
         'focus_lost_before', json_build_object(
             'count', t.gave_up_focus,
             'share', round(t.gave_up_focus::numeric / nullif(t.gave_up, 0), 4))),
-    'daily', dl.j
+    'daily', dl.j,
+    'multiple_devices', json_build_object(
+        'sessions', sp.either,
+        'share', round(sp.either::numeric / nullif(t.total, 0), 4),
+        'devices', sp.devices,
+        'addresses', sp.addresses)
 ) AS summary
-  FROM totals t, duration_histogram dh, funnel fu, by_minute bm, by_hour bh, by_weekday bw, daily dl;
+  FROM totals t, duration_histogram dh, funnel fu, by_minute bm, by_hour bh, by_weekday bw,
+       daily dl, spread sp;
 
 -- live --
 -- Running sessions (active and not yet due), with time left and silence; the silent first.
@@ -243,8 +261,11 @@ WITH live AS MATERIALIZED (
                AS seconds_since_heartbeat,
            now() - coalesce(t.last_heartbeat, t.test_start_time) > %(silent_after)s::interval AS silent,
            jsonb_array_length(t.sections_completed) AS sections_completed,
-           t.tab_closed_at IS NOT NULL AS tab_closed
-      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
+           t.tab_closed_at IS NOT NULL AS tab_closed,
+           spread.devices, spread.addresses,
+           spread.devices > 1 OR spread.addresses > 1 AS multiple_devices
+      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c,
+           test_session_page_spread(t.candidate_id) AS spread
      WHERE t.status = 'active'
        -- implied by the next line (due_at <= deadline + grace); lets idx_test_session_active
        -- skip overdue rows the sweeper has not reached yet

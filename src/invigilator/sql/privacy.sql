@@ -70,8 +70,8 @@ SELECT audit.erasure_id, audit.erased_at, audit.actor, audit.session_status,
   FROM audit;
 
 -- purge_ended --
--- Retention: for up to `limit` sessions that ended more than `keep` ago, remove the answers
--- and the timeline (and logged webhook deliveries, which hold snapshots of the session). The
+-- Retention: for up to `limit` sessions that ended more than `keep` ago, remove the answers,
+-- the page claims and the timeline (and logged webhook deliveries, which hold snapshots of the session). The
 -- session row stays, so every count of its columns (status, method, times, sections) stays.
 -- Oldest first, by idx_test_session_retention; rows another sweeper holds are skipped.
 WITH due AS (
@@ -93,6 +93,10 @@ WITH due AS (
 ), answers AS (
     DELETE FROM test_session_answer a USING due
      WHERE a.candidate_id = due.candidate_id
+), pages AS (
+    -- a page's device and address are personal data too (migration 0007)
+    DELETE FROM test_session_page p USING due
+     WHERE p.candidate_id = due.candidate_id
 ), purged AS (
     UPDATE test_session t
        SET pending_answers = '{}'::jsonb, answer_seq = '{}'::jsonb, purged_at = now()

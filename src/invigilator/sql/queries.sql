@@ -9,8 +9,9 @@
 
 -- start_session --
 -- Create an active session; returns nothing when the candidate already has one.
-INSERT INTO test_session (candidate_id, test_start_time, test_duration_minutes, planned_sections)
-SELECT %(candidate_id)s, c.at, %(duration_minutes)s, %(planned_sections)s
+INSERT INTO test_session (candidate_id, test_start_time, test_duration_minutes, planned_sections,
+                          pages)
+SELECT %(candidate_id)s, c.at, %(duration_minutes)s, %(planned_sections)s, %(pages)s
   FROM invigilator_act(%(actor)s, %(policy)s::jsonb) AS c
     ON CONFLICT (candidate_id) DO NOTHING
 RETURNING *, now() AS server_now;
@@ -50,6 +51,7 @@ UPDATE test_session t
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                          t.tab_closed_at, c)
+   AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING t.*, c.at AS server_now;
 
 -- complete_section --
@@ -64,21 +66,26 @@ UPDATE test_session t
    AND (t.planned_sections IS NULL OR t.planned_sections @> jsonb_build_array(%(section)s::text))
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                          t.tab_closed_at, c)
+   AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING t.*, c.at AS server_now;
 
 -- save_answers --
 -- Upsert one row per question (migration 0006): a question keeps the value of the highest `seq`
--- saved for it; an older save never overwrites a newer one; the same seq again is a harmless
--- retry. The guard locks the session's row (FOR SHARE: saves go side by side, an end waits
--- for them and a save waits for an end), so no save lands after the session ended; the row
--- itself is not rewritten (heartbeats keep last_activity). The session joins the list whose
--- pending_answers mirror the sweeper refreshes. Returns the questions this save applied; the timeline gets one event for them.
+-- saved for it, and `seq` is the time the edit was made (docs/schema.md): an older edit never
+-- overwrites a newer one, whenever it arrives; the same seq again is a harmless retry. The guard
+-- locks the session's row (FOR SHARE: saves go side by side, an end or a page claim waits for
+-- them and a save waits for those), so no save lands after the session ended, and none from a
+-- page a newer one took over from (test_session_page_may_write); the row itself is not
+-- rewritten (heartbeats keep last_activity). The page's claim is seen now. The session joins
+-- the list whose pending_answers mirror the sweeper refreshes. Returns the questions this save
+-- applied; the timeline gets one event for them.
 WITH session AS (
     SELECT t.candidate_id, t.status, t.deadline, c.at
       FROM test_session t, invigilator_act('candidate', %(policy)s::jsonb) AS c
      WHERE t.candidate_id = %(candidate_id)s
        AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                              t.tab_closed_at, c)
+       AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
        FOR SHARE OF t
 ), saved AS (
     INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, saved_at)
@@ -93,6 +100,10 @@ WITH session AS (
     INSERT INTO test_session_answer_unsynced (candidate_id, since)
     SELECT s.candidate_id, s.at FROM session s
         ON CONFLICT (candidate_id) DO NOTHING
+), seen AS (
+    UPDATE test_session_page p SET last_seen = s.at
+      FROM session s
+     WHERE p.candidate_id = s.candidate_id AND p.page_id = %(page_id)s
 ), event AS (
     INSERT INTO test_session_event (candidate_id, type, actor, detail)
     SELECT s.candidate_id, 'answers_saved', 'candidate',
@@ -104,6 +115,61 @@ WITH session AS (
 SELECT s.candidate_id, s.status, s.deadline, s.at AS server_now,
        coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
   FROM session s;
+
+-- current_answers --
+-- What the server holds for these questions (value and seq): a save that was superseded tells
+-- its page the newer answer, which the page then shows.
+SELECT a.question, a.value, a.seq
+  FROM test_session_answer a
+ WHERE a.candidate_id = %(candidate_id)s AND a.question = ANY (%(questions)s::text[]);
+
+-- claim_page --
+-- A page opens the session: its claim is recorded (device, address, first and last seen) and
+-- becomes the session's newest (test_session.page_id); with the policy `single` every other
+-- page of the session is superseded from now on. The timeline gets `page_opened`, and
+-- `page_superseded` for each page taken over from. Locks the row like a change of the session,
+-- so a claim waits for saves in flight and a save after it sees it.
+WITH claimed AS (
+    UPDATE test_session t
+       SET page_id = %(page_id)s
+      FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
+     WHERE t.candidate_id = %(candidate_id)s
+       AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                             t.tab_closed_at, c)
+    RETURNING t.candidate_id, t.pages, c.at
+), page AS (
+    INSERT INTO test_session_page AS p (candidate_id, page_id, user_agent, client_address,
+                                        first_seen, last_seen)
+    SELECT s.candidate_id, %(page_id)s, %(user_agent)s, %(client_address)s, s.at, s.at
+      FROM claimed s
+        ON CONFLICT (candidate_id, page_id) DO UPDATE
+       SET user_agent = excluded.user_agent, client_address = excluded.client_address,
+           last_seen = excluded.last_seen, superseded_at = NULL
+    RETURNING p.page_id
+), superseded AS (
+    UPDATE test_session_page p SET superseded_at = s.at
+      FROM claimed s
+     WHERE p.candidate_id = s.candidate_id AND s.pages = 'single'
+       AND p.page_id <> %(page_id)s AND p.superseded_at IS NULL
+    RETURNING p.page_id, p.user_agent, p.client_address
+), event AS (
+    INSERT INTO test_session_event (candidate_id, type, actor, detail)
+    SELECT s.candidate_id, e.type, 'candidate', e.detail
+      FROM claimed s,
+           LATERAL (SELECT 1 AS n, 'page_opened' AS type,
+                           jsonb_build_object('page_id', %(page_id)s::text, 'pages', s.pages,
+                                              'user_agent', %(user_agent)s::text,
+                                              'address', %(client_address)s::text) AS detail
+                    UNION ALL
+                    SELECT 2, 'page_superseded',
+                           jsonb_build_object('page_id', x.page_id, 'user_agent', x.user_agent,
+                                              'address', x.client_address,
+                                              'by_page_id', %(page_id)s::text)
+                      FROM superseded x) AS e
+     ORDER BY e.n
+)
+SELECT s.candidate_id, s.pages, (SELECT count(*) FROM superseded) AS superseded
+  FROM claimed s;
 
 -- answers_size --
 -- What a session's answers take, for the per-session limit: the sum of each row's size (a
@@ -141,6 +207,7 @@ UPDATE test_session t
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                          t.tab_closed_at, c)
+   AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING t.*, c.at AS server_now;
 
 -- record_client_event --
@@ -152,6 +219,7 @@ SELECT t.candidate_id, %(type)s, 'candidate', %(detail)s::jsonb
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                          t.tab_closed_at, c)
+   AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING candidate_id, now() AS server_now;
 
 -- extend_time --
@@ -166,16 +234,19 @@ RETURNING t.*, c.at AS server_now;
 
 -- complete --
 -- End an open session now with `method` (the candidate submits, or staff end it); the status
--- is the one the method leads to. The first ending wins and is never moved.
+-- is the one the method leads to. The first ending wins and is never moved. A page that
+-- submits is the claim on record afterwards (what tells that page "submitted by you").
 UPDATE test_session t
    SET status = test_session_status_of(%(method)s),
        completion_method = %(method)s,
        completed_at = c.at,
-       tab_closed_at = NULL
+       tab_closed_at = NULL,
+       page_id = coalesce(%(page_id)s, t.page_id)
   FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                          t.tab_closed_at, c)
+   AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING t.*, c.at AS server_now;
 
 -- find_due --

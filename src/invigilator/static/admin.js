@@ -99,6 +99,14 @@ async function loadLive() {
     tag.className = `tag ${s.silent ? "tag-silent" : s.tab_closed ? "tag-warn" : "tag-ok"}`;
     tag.textContent = s.silent ? "silent" : s.tab_closed ? "tab closed" : "live";
     state.append(tag);
+    if (s.multiple_devices) {
+      const pages = document.createElement("span");
+      pages.className = "tag tag-warn";
+      pages.dataset.mark = "multiple-devices";
+      pages.title = `Opened from ${s.devices} device(s) and ${s.addresses} address(es)`;
+      pages.textContent = "several devices";
+      state.append(" ", pages);
+    }
     tr.append(
       cell(s.candidate_id, "mono"),
       cell(time(s.test_start_time)),

@@ -32,6 +32,12 @@ const METHODS = {
   ],
   admin_terminated: ["Ended by staff", "A member of staff ended the test.", "Ended by staff"],
 };
+/** The candidate submitted, but from another page: this page must not say "by you". */
+const SUBMITTED_ELSEWHERE = [
+  "Test submitted",
+  "The test was submitted from another window or device. The answers saved then are final.",
+  "Submitted",
+];
 const STATUSES = { completed: "Completed", abandoned: "Abandoned", active: "Active" };
 
 const QUESTION_TITLES = Object.fromEntries(
@@ -43,7 +49,7 @@ const QUESTION_TITLES = Object.fromEntries(
 
 /** Show exactly one of the page's panels. */
 function show(id) {
-  for (const panel of ["loading", "intro", "test", "result", "problem"]) {
+  for (const panel of ["loading", "intro", "test", "elsewhere", "result", "problem"]) {
     $(`#${panel}`).hidden = panel !== id;
   }
   $("#status").hidden = id !== "test";
@@ -97,11 +103,14 @@ function renderConnection(online) {
   pill.title = online ? "The server is reachable" : "The server cannot be reached; answers are kept on this device";
 }
 
-function renderSave({ pending, saving, failing }) {
+function renderSave({ pending, saving, failing, superseded }) {
   const saved = $("#saved");
   let text = "All answers saved";
   let state = "saved";
-  if (pending > 0 && failing) {
+  if (superseded) {
+    text = pending > 0 ? `${pending} unsaved — kept on this device` : "Open in another window";
+    state = "failing";
+  } else if (pending > 0 && failing) {
     text = `${pending} unsaved — kept on this device`;
     state = "failing";
   } else if (saving) {
@@ -128,7 +137,8 @@ function markSections(sections) {
 }
 
 function showOutcome(outcome) {
-  const [title, text, how] = METHODS[outcome.completionMethod] ?? [
+  const elsewhere = outcome.completionMethod === "manual" && !outcome.byThisPage;
+  const [title, text, how] = (elsewhere ? SUBMITTED_ELSEWHERE : METHODS[outcome.completionMethod]) ?? [
     "Test ended",
     "This test session has ended.",
     outcome.completionMethod ?? "—",
@@ -141,6 +151,7 @@ function showOutcome(outcome) {
     ? new Date(outcome.completedAt).toLocaleString(undefined, { dateStyle: "medium", timeStyle: "short" })
     : "—";
   const result = $("#result");
+  result.dataset.byThisPage = String(Boolean(outcome.byThisPage));
   result.dataset.status = outcome.status;
   result.dataset.method = outcome.completionMethod ?? "";
 
@@ -164,6 +175,45 @@ function showOutcome(outcome) {
   }
   $(".answers-title").hidden = questions.length === 0;
   show("result");
+}
+
+/** The server holds a newer answer than this page showed: show it, and say so. */
+function showConflict({ question, value, reason }) {
+  const input = $(`[data-question="${CSS.escape(question)}"]`);
+  if (input && typeof value === "string") input.value = value;
+  if (input) input.dataset.conflict = reason;
+  const title = QUESTION_TITLES[question] ?? question;
+  const why =
+    reason === "older_draft"
+      ? "the copy kept on this device was older than the answer saved since"
+      : "a newer answer was saved from another window or device";
+  const note = $("#conflict-note");
+  note.textContent = `Your answer to “${title}” now shows the saved version: ${why}.`;
+  note.hidden = false;
+  note.dataset.question = question;
+}
+
+/** A newer window took over: lock this one, and offer to continue here. */
+function showElsewhere(client, { pending }) {
+  $("#elsewhere-kept").textContent =
+    pending > 0
+      ? `${pending} answer(s) typed here are kept on this device; they are saved when you continue here.`
+      : "Everything typed here was saved.";
+  for (const input of $$("[data-question]")) input.disabled = true;
+  show("elsewhere");
+  $("#status").hidden = false;
+  const button = $("#continue-here");
+  button.disabled = false;
+  button.onclick = async () => {
+    button.disabled = true;
+    try {
+      const resume = await client.continueHere();
+      if (!resume.ended) for (const input of $$("[data-question]")) input.disabled = false;
+    } catch (error) {
+      button.disabled = false;
+      $("#elsewhere-kept").textContent = `Could not continue here: ${error.message}`;
+    }
+  };
 }
 
 function enableTest(client) {
@@ -225,6 +275,8 @@ async function main() {
       show("test");
     },
     onTick: renderClock,
+    onConflict: showConflict,
+    onSuperseded: (info) => showElsewhere(client, info),
     onExpire: () => {
       $("#submit-note").textContent = "Time is up — submitting your answers…";
     },

@@ -9,14 +9,23 @@
  * - a **countdown** on the server's clock: every reply carries `server_now` and `deadline`, and
  *   the page counts from the last reply with the monotonic `performance.now()`, so a wrong or
  *   changed clock on the candidate's machine changes nothing (`onTick`, `onExpire`);
- * - **autosave**: every edit is queued with an increasing `seq`, kept in `localStorage` until the
- *   server acknowledges it (applied, or superseded by a newer save), and sent with retry and
- *   exponential backoff — an answer survives a reload, a crash or a dropped network;
+ * - **autosave**: every edit is queued with its `seq` — the time it was typed, on the server's
+ *   clock — kept in `localStorage` until the server acknowledges it, and sent with retry and
+ *   exponential backoff: an answer survives a reload, a crash or a dropped network, and a draft
+ *   sent late keeps its time, so it never beats a newer answer saved from elsewhere;
+ * - **one store for every tab**: each question is its own `localStorage` entry, merged by edit
+ *   time and followed through `storage` events, so what one tab keeps no other tab drops;
+ * - **page claims**: the page claims the session when it starts (`POST …/pages`). With the
+ *   session's page policy `single`, a newer page takes over: this page stops, and `onSuperseded`
+ *   asks it to say so and offer `continueHere()`. With `multiple`, pages coexist and each sees
+ *   the others' answers;
+ * - **conflicts**: when the server holds a newer answer than the page (another page's), the
+ *   client takes it and `onConflict` tells the page, which shows it: "saved" only means saved;
  * - the **connection** as the requests see it (`onConnectionChange`);
  * - **tab close**: `visibilitychange` (hidden) and `pagehide` send a beacon to `/tab-close`
  *   (a reload's first heartbeat cancels it); focus and visibility changes go to `/events`;
- * - **resume**: `start()` reads `/state` and hands the page its answers — the server's, with
- *   any answers still unacknowledged in this browser winning (`onResume`);
+ * - **resume**: `start()` reads `/state`, claims the session and hands the page its answers —
+ *   per question the newer edit of the server's and this browser's (`onResume`);
  * - **the end**: once the session has ended (submitted here, timed out, ended by staff…), every
  *   timer stops and `onEnd(outcome)` is called exactly once.
  *
@@ -80,8 +89,18 @@ const ACTIVITY_EVENTS = ["keydown", "input", "pointerdown", "wheel", "touchstart
  * @property {boolean} [trackFocus=true] Report focus lost/regained and tab hidden/visible.
  * @property {boolean} [tabCloseBeacon=true] Send the tab-close beacon when the page is hidden
  *   or unloaded.
- * @property {Storage|null} [storage=localStorage] Where unacknowledged answers are kept;
- *   `null` keeps them in memory only.
+ * @property {Storage|null} [storage=localStorage] Where unacknowledged answers are kept (one
+ *   entry per question, shared by every tab of the browser profile); `null` keeps them in
+ *   memory only.
+ * @property {string} [pageId] This page's id for its claim on the session (default: a new
+ *   random one per page).
+ * @property {number} [refreshSeconds=30] With the page policy `multiple`, how often the page
+ *   reads the others' answers (also whenever it becomes visible again).
+ * @property {(info: {pending: number}) => void} [onSuperseded] The test was opened in another
+ *   window or device (page policy `single`): this page has stopped. `pending` answers are
+ *   still kept on this device; `continueHere()` claims the session again and resumes here.
+ * @property {(conflict: Conflict) => void} [onConflict] The server holds a newer answer than
+ *   the page showed: put `conflict.value` into the field and tell the candidate.
  * @property {(resume: ResumeInfo) => void} [onResume] The session is running: put `answers`
  *   into the page. Called once, from `start()`.
  * @property {(remainingSeconds: number, clock: ClockInfo) => void} [onTick] The countdown,
@@ -121,10 +140,23 @@ const ACTIVITY_EVENTS = ["keydown", "input", "pointerdown", "wheel", "touchstart
  * @property {string|null} completionMethod "manual", "timer_expired", "tab_close", "admin",
  *   "heartbeat_timeout" or "admin_terminated".
  * @property {string|null} completedAt When it ended (ISO 8601, server time).
- * @property {boolean} byThisPage True when this page's `submit()` is what ended it.
+ * @property {boolean} byThisPage True when this page submitted it (its `submit()`, or an earlier
+ *   one of this page whose reply was lost); false on every other page.
  * @property {Object<string, *>} unsaved Answers that never reached the server before the end
  *   (normally empty: `submit()` saves everything first).
  * @property {object|null} session The server's session body when the reply carried one.
+ */
+
+/**
+ * An answer the page showed that lost to a newer one, as `onConflict` receives it.
+ *
+ * @typedef {object} Conflict
+ * @property {string} question
+ * @property {*} value The newer answer, now the page's: show it.
+ * @property {*} discarded What this page had (its own unsaved or shown text), or undefined.
+ * @property {string} reason "superseded" (this page's save lost to a newer edit),
+ *   "older_draft" (a draft kept on this device was older than the saved answer), or
+ *   "changed_elsewhere" (another page changed the answer).
  */
 
 /**
@@ -139,6 +171,8 @@ const ACTIVITY_EVENTS = ["keydown", "input", "pointerdown", "wheel", "touchstart
  * @property {boolean} saving A save request is in flight.
  * @property {boolean} failing The last save attempt failed and a retry is scheduled.
  * @property {Date|null} lastSavedAt When a save was last acknowledged.
+ * @property {boolean} superseded A newer page took over: nothing is saved from this page
+ *   until `continueHere()`; `pending` answers are kept on this device.
  */
 
 /**
@@ -197,6 +231,7 @@ export class Invigilator {
       endPollMs: 2000,
       trackFocus: true,
       tabCloseBeacon: true,
+      refreshSeconds: 30,
       ...options,
     };
     /** The candidate this client runs. @type {string} */
@@ -207,8 +242,16 @@ export class Invigilator {
     this._url = `${String(this._o.baseUrl).replace(/\/+$/, "")}/api/v1/sessions/${encodeURIComponent(this.candidateId)}`;
     /** @private */
     this._storage = "storage" in options ? options.storage : defaultStorage();
-    /** @private */
-    this._storageKey = `invigilator:v1:${this.candidateId}`;
+    /** @private One key per question under this prefix; the newest claim under `claim`. */
+    this._storagePrefix = `invigilator:v2:${this.candidateId}:`;
+    /** This page's id in its claim on the session. @type {string} */
+    this.pageId = typeof options.pageId === "string" && options.pageId ? options.pageId : newPageId();
+    /** @private The session's page policy, from the server ("single" or "multiple"). */
+    this._pages = "single";
+    /** @private A newer page took over (policy `single`): this page is locked. */
+    this._superseded = false;
+    /** @private question → the seq of the server's answer, as last seen. */
+    this._known = Object.create(null);
 
     // Clock: the server's time at a moment of performance.now(), and the deadline.
     /** @private @type {{serverMs: number, perf: number}|null} */
@@ -252,7 +295,7 @@ export class Invigilator {
     this._focused = typeof document === "undefined" || document.hasFocus();
 
     /** @private */
-    this._timers = { heartbeat: 0, save: 0, tick: 0, endPoll: 0 };
+    this._timers = { heartbeat: 0, save: 0, tick: 0, endPoll: 0, refresh: 0 };
     /** @private */
     this._retryPending = false;
     /** @private @type {Array<() => void>} */
@@ -305,12 +348,13 @@ export class Invigilator {
    * @returns {boolean} False when the session has ended (nothing is queued).
    */
   saveAnswers(answers) {
-    if (this._outcome || this._stopped) return false;
+    if (this._outcome || this._stopped || this._superseded) return false;
     for (const [question, value] of Object.entries(answers)) {
-      this._pending[question] = { value, seq: this._nextSeq() };
+      const entry = { value, seq: this._nextSeq() };
+      this._pending[question] = entry;
       this._answers[question] = value;
+      this._storePut(question, entry);
     }
-    this._persist();
     this._active = true;
     this._notifySave();
     this._scheduleSave(this._o.autosaveDelayMs);
@@ -344,7 +388,7 @@ export class Invigilator {
    * @throws {InvigilatorError}
    */
   async completeSection(section) {
-    const body = await this._request("POST", "/sections", { section });
+    const body = await this._request("POST", "/sections", { section, page_id: this.pageId });
     return Array.isArray(body.sections_completed) ? body.sections_completed : [];
   }
 
@@ -358,6 +402,11 @@ export class Invigilator {
    */
   async submit() {
     if (this._outcome) return this._outcome;
+    if (this._superseded) {
+      throw new InvigilatorError("this test was opened in another window; continue here first", {
+        code: "page_superseded",
+      });
+    }
     await this.start();
     if (this._outcome) return this._outcome;
     const saved = await this.flush();
@@ -369,12 +418,26 @@ export class Invigilator {
       );
     }
     try {
-      const body = await this._request("POST", "/complete");
-      this._end(outcomeOf(body, { byThisPage: !body.already_ended }));
+      const body = await this._request("POST", `/complete?page_id=${encodeURIComponent(this.pageId)}`);
+      this._end(outcomeOf(body, { byThisPage: !body.already_ended || this._submittedHere(body) }));
     } catch (error) {
       if (!this._outcome) throw error;
     }
     return /** @type {Outcome} */ (this._outcome);
+  }
+
+  /**
+   * After `onSuperseded`: claim the session again for this page ("continue here"), take the
+   * newer of the server's and this device's answers, and resume (`onResume` is called again).
+   * The other page is then the one that stops.
+   *
+   * @returns {Promise<ResumeInfo>}
+   */
+  continueHere() {
+    if (!this._superseded || this._outcome || this._stopped) return this.start();
+    this._superseded = false;
+    this._starting = this._start();
+    return this._starting;
   }
 
   /**
@@ -424,6 +487,16 @@ export class Invigilator {
     return this._outcome;
   }
 
+  /** True once a newer page took over (page policy `single`), until `continueHere()`. */
+  get superseded() {
+    return this._superseded;
+  }
+
+  /** The session's page policy: "single" or "multiple". */
+  get pages() {
+    return this._pages;
+  }
+
   // --- start and resume ------------------------------------------------------------------
 
   /** @private */
@@ -441,30 +514,137 @@ export class Invigilator {
     }
     if (this._outcome) return resumeInfo(state, {}, [], this._outcome);
     if (state.status !== "active") {
-      const outcome = outcomeOf(state, { byThisPage: false });
+      const outcome = outcomeOf(state, { byThisPage: this._submittedHere(state) });
       this._end(outcome);
       return resumeInfo(state, {}, [], outcome);
     }
 
-    // Answers this browser still holds win over the server's: re-stamp them with a fresh seq
-    // (server time based) so the server agrees once they are sent.
+    // The claim: from now on this is the session's newest page (policy `single`: the others
+    // stop at their next write, or at once when they share this browser's storage).
+    for (let attempt = 0; ; attempt += 1) {
+      if (this._stopped) throw new InvigilatorError("stopped", { code: "stopped" });
+      try {
+        state = await this._request("POST", "/pages", { page_id: this.pageId });
+        break;
+      } catch (error) {
+        if (this._outcome) return resumeInfo(state, {}, [], this._outcome);
+        if (!(error instanceof InvigilatorError) || !error.retryable) throw error;
+        await sleep(this._backoff(attempt));
+      }
+    }
+    this._pages = state.pages === "multiple" ? "multiple" : "single";
+    this._storeSet("claim", { page: this.pageId, pages: this._pages });
+
+    // Per question the newer edit wins: a draft kept here that is older than the answer the
+    // server holds is dropped, and the page is told (onConflict, after onResume).
+    this._mergeStore();
+    const server = state.pending_answers ?? {};
+    const seqs = state.answer_seq ?? {};
+    const conflicts = [];
+    this._known = Object.assign(Object.create(null), seqs);
+    for (const [question, entry] of Object.entries(this._pending)) {
+      const held = Number.isSafeInteger(seqs[question]) ? seqs[question] : -1;
+      if (entry.seq > held) continue;
+      delete this._pending[question];
+      this._storeDrop(question, entry.seq);
+      if (!sameValue(entry.value, server[question])) {
+        conflicts.push({ question, value: server[question], discarded: entry.value, reason: "older_draft" });
+      }
+    }
     const local = Object.keys(this._pending);
-    for (const question of local) this._pending[question].seq = this._nextSeq();
-    this._persist();
-    const answers = { ...(state.pending_answers ?? {}) };
+    const answers = { ...server };
     for (const question of local) answers[question] = this._pending[question].value;
     this._answers = Object.assign(Object.create(null), answers);
 
     const resume = resumeInfo(state, answers, local, null);
+    resume.conflicts = conflicts;
     this._running = true;
     this._listen();
     call(this._o.onResume, resume);
+    for (const conflict of conflicts) call(this._o.onConflict, conflict);
     this._notifySave();
     this._tick();
     this._timers.tick = setInterval(() => this._tick(), 250);
     void this._heartbeat();
+    this._scheduleRefresh();
     if (local.length) this._scheduleSave(0);
     return resume;
+  }
+
+  /** Whether this page is the one that submitted the session (`page_id` names it). @private */
+  _submittedHere(session) {
+    return session?.completion_method === "manual" && session?.page_id === this.pageId;
+  }
+
+  /**
+   * A newer page took over: stop everything but keep what is queued (on this device, for
+   * `continueHere()`, and for a newer tab of this browser, which sends it), and tell the page.
+   *
+   * @private
+   */
+  _lock() {
+    if (this._superseded || this._outcome || this._stopped) return;
+    this._superseded = true;
+    this._teardown();
+    this._notifySave();
+    call(this._o.onSuperseded, { pending: this.pendingCount });
+  }
+
+  /**
+   * Read the server's answers (another page's, policy `multiple`; or learn of a takeover):
+   * a newer answer than the page's replaces it, and the page is told.
+   *
+   * @private
+   */
+  async _refresh() {
+    if (!this._running || this._outcome) return;
+    let state;
+    try {
+      state = await this._request("GET", "/state");
+    } catch {
+      return; // offline: the next visibility change or timer tries again
+    }
+    if (!this._running || this._outcome) return;
+    if (state.status !== "active") {
+      this._end(outcomeOf(state, { byThisPage: this._submittedHere(state) }));
+      return;
+    }
+    if (this._pages === "single" && state.page_id && state.page_id !== this.pageId) {
+      this._lock();
+      return;
+    }
+    this._adopt(state.pending_answers ?? {}, state.answer_seq ?? {}, "changed_elsewhere");
+  }
+
+  /** Take each server answer newer than what the page has. @private */
+  _adopt(values, seqs, reason) {
+    for (const [question, seq] of Object.entries(seqs)) {
+      if (!Number.isSafeInteger(seq) || seq <= (this._known[question] ?? -1)) continue;
+      this._known[question] = seq;
+      const mine = this._pending[question];
+      if (mine && mine.seq > seq) continue; // this page's edit is newer: it goes out as it is
+      if (mine) {
+        delete this._pending[question];
+        this._storeDrop(question, mine.seq);
+      }
+      const value = values[question];
+      const shown = this._answers[question];
+      this._answers[question] = value;
+      if (!sameValue(shown, value) || (mine && !sameValue(mine.value, value))) {
+        call(this._o.onConflict, { question, value, discarded: mine ? mine.value : shown, reason });
+      }
+    }
+    this._notifySave();
+  }
+
+  /** @private */
+  _scheduleRefresh() {
+    clearTimeout(this._timers.refresh);
+    if (!this._running || this._pages !== "multiple" || !(this._o.refreshSeconds > 0)) return;
+    this._timers.refresh = setTimeout(async () => {
+      await this._refresh();
+      this._scheduleRefresh();
+    }, this._o.refreshSeconds * 1000);
   }
 
   // --- requests --------------------------------------------------------------------------
@@ -532,6 +712,8 @@ export class Invigilator {
     });
     if (code === "session_ended") {
       await this._endAfterRefusal(data);
+    } else if (code === "page_superseded") {
+      this._lock();
     } else if (FATAL_CODES.has(code) || response.status === 401 || response.status === 403) {
       this._fatal(error);
     }
@@ -552,7 +734,7 @@ export class Invigilator {
         let outcome = outcomeOfProblem(problem);
         try {
           const state = await this._request("GET", "/state");
-          if (state.status !== "active") outcome = outcomeOf(state, { byThisPage: false });
+          if (state.status !== "active") outcome = outcomeOf(state, { byThisPage: this._submittedHere(state) });
         } catch {
           // the problem's own members will do
         }
@@ -634,7 +816,7 @@ export class Invigilator {
       try {
         const state = await this._request("GET", "/state");
         if (state.status !== "active") {
-          this._end(outcomeOf(state, { byThisPage: false }));
+          this._end(outcomeOf(state, { byThisPage: this._submittedHere(state) }));
           return;
         }
       } catch {
@@ -721,6 +903,7 @@ export class Invigilator {
     if (this._inflight) return this._inflight;
     clearTimeout(this._timers.save);
     this._retryPending = false;
+    if (this._running && !this._outcome) this._mergeStore(); // what other tabs keep goes too
     const questions = Object.keys(this._pending).slice(0, this._batchLimit);
     if (!questions.length || !this._running || this._outcome) return Promise.resolve(true);
     const answers = {};
@@ -738,26 +921,41 @@ export class Invigilator {
       try {
         // Not before `this._inflight` holds this run: its `finally` must clear it.
         await Promise.resolve();
-        if (byteLength(JSON.stringify({ answers, seq })) > this._o.maxRequestBytes) {
+        const body = { answers, seq, page_id: this.pageId };
+        if (byteLength(JSON.stringify(body)) > this._o.maxRequestBytes) {
           throw new InvigilatorError("this answer is too large to save", {
             status: 413,
             code: "payload_too_large",
           });
         }
-        const reply = await this._request("PATCH", "/answers", { answers, seq }, { keepalive: hidden });
+        const reply = await this._request("PATCH", "/answers", body, { keepalive: hidden });
         const acknowledged = new Set([...(reply.applied ?? []), ...(reply.superseded ?? [])]);
         for (const question of questions) {
+          if (!acknowledged.has(question)) continue;
+          this._storeDrop(question, sentSeq[question]);
+          this._known[question] = Math.max(this._known[question] ?? -1, sentSeq[question]);
           // Forget an answer only if it was not edited again while this save was in flight.
-          if (acknowledged.has(question) && this._pending[question]?.seq === sentSeq[question]) {
-            delete this._pending[question];
-          }
+          if (this._pending[question]?.seq === sentSeq[question]) delete this._pending[question];
         }
-        this._persist();
+        // A newer edit from elsewhere won: the page now shows what the server holds.
+        const current = reply.current ?? {};
+        const currentSeq = reply.current_seq ?? {};
+        for (const question of reply.superseded ?? []) {
+          if (!(question in current) || this._pending[question]) continue;
+          this._known[question] = Math.max(this._known[question] ?? -1, currentSeq[question] ?? -1);
+          this._answers[question] = current[question];
+          call(this._o.onConflict, {
+            question,
+            value: current[question],
+            discarded: answers[question],
+            reason: "superseded",
+          });
+        }
         this._saveFailures = 0;
         this._lastSavedAt = new Date();
         ok = true;
       } catch (error) {
-        if (this._outcome || this._stopped) return false;
+        if (this._outcome || this._stopped || this._superseded) return false;
         if (error instanceof InvigilatorError && REFUSED_STATUSES.has(error.status)) {
           // Refused as invalid or too large: find the culprit alone, then drop it.
           if (questions.length > 1) {
@@ -765,7 +963,7 @@ export class Invigilator {
           } else {
             const question = questions[0];
             if (this._pending[question]?.seq === sentSeq[question]) delete this._pending[question];
-            this._persist();
+            this._storeDrop(question, sentSeq[question]);
             error.question = question;
             call(this._o.onError, error);
           }
@@ -804,37 +1002,165 @@ export class Invigilator {
       saving: Boolean(this._inflight),
       failing: this._saveFailures > 0,
       lastSavedAt: this._lastSavedAt,
+      superseded: this._superseded,
     });
   }
 
-  /** @private */
+  // --- the store that the tabs share ---------------------------------------------------
+  // One localStorage entry per question, `{value, seq}`: a tab writes only the questions it
+  // edits, never over a newer edit (a higher seq), and removes an entry only once the server
+  // holds that edit or a newer one, so no tab drops what another keeps. `storage` events
+  // bring the other tabs' entries in as they are written; every save reads them again.
+
+  /** Bring in what an older version of this client kept (one JSON object). @private */
   _load() {
     if (!this._storage) return;
+    const legacy = `invigilator:v1:${this.candidateId}`;
     try {
-      const raw = this._storage.getItem(this._storageKey);
-      if (!raw) return;
-      const data = JSON.parse(raw);
-      if (Number.isSafeInteger(data.lastSeq)) this._lastSeq = data.lastSeq;
-      if (data.pending && typeof data.pending === "object") {
-        for (const [question, entry] of Object.entries(data.pending)) {
-          if (entry && typeof entry === "object" && "value" in entry && Number.isSafeInteger(entry.seq)) {
-            this._pending[question] = { value: entry.value, seq: entry.seq };
-            this._answers[question] = entry.value;
-          }
+      const raw = this._storage.getItem(legacy);
+      if (raw) {
+        const data = JSON.parse(raw);
+        for (const [question, entry] of Object.entries(data?.pending ?? {})) {
+          if (validEntry(entry)) this._storePut(question, { value: entry.value, seq: entry.seq });
         }
+        this._storage.removeItem(legacy);
       }
     } catch {
-      // unreadable storage: start empty
+      // unreadable: nothing to bring in
+    }
+    this._mergeStore();
+  }
+
+  /** Take every entry of the store that is newer than this page's. @private */
+  _mergeStore() {
+    if (!this._storage) return;
+    const prefix = `${this._storagePrefix}a:`;
+    let keys = [];
+    try {
+      for (let i = 0; i < this._storage.length; i += 1) {
+        const key = this._storage.key(i);
+        if (key && key.startsWith(prefix)) keys.push(key);
+      }
+    } catch {
+      keys = [];
+    }
+    for (const key of keys) this._takeEntry(key.slice(prefix.length), this._storeGet(key));
+  }
+
+  /** An entry from the store (or another tab): adopt it if it is newer. @private */
+  _takeEntry(question, entry) {
+    if (!validEntry(entry)) return false;
+    const mine = this._pending[question];
+    if (mine && mine.seq >= entry.seq) return false;
+    if (entry.seq <= (this._known[question] ?? -1)) return false; // the server has it, or newer
+    this._pending[question] = { value: entry.value, seq: entry.seq };
+    this._answers[question] = entry.value;
+    this._lastSeq = Math.min(MAX_SEQ, Math.max(this._lastSeq, entry.seq));
+    return true;
+  }
+
+  /** @private */
+  _storeGet(key) {
+    try {
+      const raw = this._storage.getItem(key);
+      return raw ? JSON.parse(raw) : null;
+    } catch {
+      return null;
     }
   }
 
   /** @private */
-  _persist() {
+  _storeSet(name, value) {
     if (!this._storage) return;
     try {
-      this._storage.setItem(this._storageKey, JSON.stringify({ lastSeq: this._lastSeq, pending: this._pending }));
+      this._storage.setItem(this._storagePrefix + name, JSON.stringify(value));
     } catch {
       // quota exceeded or storage disabled: the queue lives on in memory
+    }
+  }
+
+  /** Keep an edit, unless the store holds a newer edit of that question. @private */
+  _storePut(question, entry) {
+    if (!this._storage) return;
+    const stored = this._storeGet(`${this._storagePrefix}a:${question}`);
+    if (validEntry(stored) && stored.seq > entry.seq) return;
+    this._storeSet(`a:${question}`, { value: entry.value, seq: entry.seq });
+  }
+
+  /** The server holds the edit `seq` of this question (or a newer one): forget it. @private */
+  _storeDrop(question, seq) {
+    if (!this._storage) return;
+    const key = `${this._storagePrefix}a:${question}`;
+    const stored = this._storeGet(key);
+    if (stored !== null && validEntry(stored) && stored.seq > seq) return; // a newer edit
+    try {
+      this._storage.removeItem(key);
+    } catch {
+      // nothing to remove then
+    }
+  }
+
+  /** Forget every entry of this session (it has ended: nothing more can be saved). @private */
+  _storeClear() {
+    if (!this._storage) return;
+    try {
+      const keys = [];
+      for (let i = 0; i < this._storage.length; i += 1) {
+        const key = this._storage.key(i);
+        if (key && key.startsWith(this._storagePrefix)) keys.push(key);
+      }
+      for (const key of keys) this._storage.removeItem(key);
+    } catch {
+      // nothing to clean up then
+    }
+  }
+
+  /** Another tab of this browser wrote or removed an entry. @private */
+  _onStorage(event) {
+    if (!event.key || !event.key.startsWith(this._storagePrefix)) return;
+    if (event.storageArea && this._storage && event.storageArea !== this._storage) return;
+    const name = event.key.slice(this._storagePrefix.length);
+    let value = null;
+    try {
+      value = event.newValue ? JSON.parse(event.newValue) : null;
+    } catch {
+      value = null;
+    }
+    if (name === "claim") {
+      if (this._pages === "single" && value && value.page && value.page !== this.pageId) this._lock();
+      return;
+    }
+    if (!name.startsWith("a:")) return;
+    const question = name.slice(2);
+    if (value === null) {
+      // Saved by the other tab: ours is saved too if it was that edit or an older one.
+      let old = null;
+      try {
+        old = event.oldValue ? JSON.parse(event.oldValue) : null;
+      } catch {
+        old = null;
+      }
+      const mine = this._pending[question];
+      if (validEntry(old)) this._known[question] = Math.max(this._known[question] ?? -1, old.seq);
+      if (mine && validEntry(old) && mine.seq <= old.seq) {
+        delete this._pending[question];
+        this._notifySave();
+      }
+      return;
+    }
+    const shown = this._answers[question];
+    const mine = this._pending[question];
+    if (this._takeEntry(question, value)) {
+      if (!sameValue(shown, value.value)) {
+        call(this._o.onConflict, {
+          question,
+          value: value.value,
+          discarded: mine ? mine.value : shown,
+          reason: "changed_elsewhere",
+        });
+      }
+      this._notifySave();
+      this._scheduleSave(this._o.autosaveDelayMs);
     }
   }
 
@@ -852,6 +1178,7 @@ export class Invigilator {
     };
     for (const type of ACTIVITY_EVENTS) on(document, type, markActive, { capture: true, passive: true });
 
+    on(window, "storage", (event) => this._onStorage(event));
     on(window, "online", () => {
       void this._heartbeat();
       this._scheduleSave(0, true);
@@ -866,6 +1193,7 @@ export class Invigilator {
         this._event("tab_visible");
         void this._heartbeat(); // cancels the tab-close the beacon announced
         this._scheduleSave(0, true);
+        void this._refresh(); // another page may have taken over, or changed an answer
       }
     });
     on(window, "pagehide", () => this._tabClosing());
@@ -892,7 +1220,7 @@ export class Invigilator {
     if (this._o.tabCloseBeacon && !this._beaconSent) {
       this._beaconSent = true;
       const url = `${this._url}/tab-close`;
-      const body = JSON.stringify({ token: this._token });
+      const body = JSON.stringify({ token: this._token, page_id: this.pageId });
       let queued = false;
       try {
         queued = typeof navigator.sendBeacon === "function" && navigator.sendBeacon(url, body);
@@ -915,7 +1243,7 @@ export class Invigilator {
   /** Report a focus or visibility change (fire and forget). @private */
   _event(type) {
     if (!this._o.trackFocus || !this._running || this._outcome) return;
-    this._request("POST", "/events", { type }, { keepalive: true }).catch(() => {});
+    this._request("POST", "/events", { type, page_id: this.pageId }, { keepalive: true }).catch(() => {});
   }
 
   /** @private */
@@ -925,13 +1253,7 @@ export class Invigilator {
     this._outcome = outcome;
     this._teardown();
     this._pending = Object.create(null);
-    if (this._storage) {
-      try {
-        this._storage.removeItem(this._storageKey);
-      } catch {
-        // nothing to clean up then
-      }
-    }
+    this._storeClear();
     this._lastTick = 0;
     call(this._o.onTick, 0, { deadlineMs: this._deadlineMs, serverNowMs: this.serverNow() });
     call(this._o.onEnd, outcome);
@@ -943,6 +1265,7 @@ export class Invigilator {
     clearTimeout(this._timers.heartbeat);
     clearTimeout(this._timers.save);
     clearTimeout(this._timers.endPoll);
+    clearTimeout(this._timers.refresh);
     clearInterval(this._timers.tick);
     for (const unlisten of this._unlisten.splice(0)) unlisten();
   }
@@ -980,6 +1303,24 @@ function defaultStorage() {
 function parseTime(value) {
   if (typeof value !== "string") return NaN;
   return Date.parse(value.replace(/(\.\d{3})\d+/, "$1"));
+}
+
+/** A random id for this page's claim (the API's name alphabet). */
+function newPageId() {
+  try {
+    if (typeof crypto !== "undefined" && typeof crypto.randomUUID === "function") return `p-${crypto.randomUUID()}`;
+  } catch {
+    // not a secure context: fall back below
+  }
+  return `p-${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 12)}`;
+}
+
+function validEntry(entry) {
+  return Boolean(entry) && typeof entry === "object" && "value" in entry && Number.isSafeInteger(entry.seq);
+}
+
+function sameValue(a, b) {
+  return a === b || JSON.stringify(a) === JSON.stringify(b);
 }
 
 function sleep(ms) {

@@ -68,6 +68,7 @@ async def start_session(
         sections=body.sections,
         create_candidate=body.create_candidate,
         actor=staff.actor,
+        pages=body.pages,
     )
     if not started.created:
         response.status_code = 200
