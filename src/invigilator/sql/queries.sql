@@ -399,11 +399,12 @@ UPDATE test_session t
 RETURNING t.candidate_id, t.status, t.completion_method, t.completed_at;
 
 -- find_active --
--- The guide's "Find Active Sessions": active with time left, over the stored deadline (indexed);
--- a paused session has time left whatever its stored deadline says (that moves at the resume).
+-- The guide's "Find Active Sessions": active with time left, over the stored deadline (indexed,
+-- as the guide's own query reads it). A session paused for longer than it had left shows again
+-- at its resume, when its deadline moves; the live view (analytics `live`) lists it meanwhile.
 SELECT t.*, now() AS server_now
   FROM test_session t
- WHERE t.status = 'active' AND (t.deadline > now() OR t.paused_at IS NOT NULL)
+ WHERE t.status = 'active' AND t.deadline > now()
  ORDER BY t.deadline, t.candidate_id
  LIMIT %(limit)s;
 
