@@ -131,7 +131,10 @@ EXPECTED: dict[str, Any] = {
         "admin": {"status": "completed", "count": 1, "rate": 0.0909},
         "heartbeat_timeout": {"status": "abandoned", "count": 3, "rate": 0.2727},  # s6 s7 s10
         "admin_terminated": {"status": "abandoned", "count": 1, "rate": 0.0909},
+        "timer_abandoned": {"status": "abandoned", "count": 0, "rate": 0.0},
     },
+    "paused": {"sessions": 0, "now": 0},
+    "reopened": {"sessions": 0, "reopenings": 0},
     # 720 1800 1800 1800 2400 2700 5400: mean 16620/7, p90 = 2700 + 0.4 * (5400 - 2700)
     "duration_seconds": {"count": 7, "mean": 2374.3, "median": 1800.0, "p90": 3780.0},
     # .2 .5 .75 .8889 1 1 1 (s4's allowed time includes its extension)
@@ -214,8 +217,11 @@ async def test_the_empty_database_has_every_metric_defined(store: SessionStore) 
                 ("admin", "completed"),
                 ("heartbeat_timeout", "abandoned"),
                 ("admin_terminated", "abandoned"),
+                ("timer_abandoned", "abandoned"),
             ]
         },
+        "paused": {"sessions": 0, "now": 0},
+        "reopened": {"sessions": 0, "reopenings": 0},
         "duration_seconds": {"count": 0, "mean": None, "median": None, "p90": None},
         "duration_share": {"mean": None, "median": None, "p90": None},
         "duration_histogram": [],
@@ -449,3 +455,34 @@ async def test_the_window_uses_the_start_time_index_and_focus_probes_the_event_k
     assert summary["total"] in (55, 56)
     assert summary["abandonment"]["total"] in (18, 19)
     assert summary["abandonment"]["focus_lost_before"]["share"] == 1.0
+
+
+async def test_durations_leave_out_paused_time_and_the_report_counts_paused_and_reopened(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    from support.db import sessions_of, shift_session
+
+    sessions = sessions_of(store)
+    paused, reopened, plain = (add_candidate(db) for _ in range(3))
+    for cid in (paused, reopened, plain):
+        await sessions.start(cid, actor="staff:ops", duration_minutes=60)
+    # Paused for 20 of its 50 minutes, then submitted: 30 minutes of test time.
+    await sessions.pause(paused, actor="staff:ops")
+    shift_session(
+        db, paused, test_start_time=timedelta(minutes=50), paused_at=timedelta(minutes=30)
+    )
+    await sessions.resume(paused, actor="staff:ops")
+    shift_session(db, paused, resumed_at=timedelta(minutes=10), last_heartbeat=timedelta(0))
+    db.execute(
+        "UPDATE test_session SET paused_seconds = 1200 WHERE candidate_id = %s", (paused,)
+    )  # the 20 minutes, as the resume 10 minutes ago recorded them
+    await sessions.complete(paused)
+    await sessions.complete(reopened)
+    await sessions.reopen(reopened, 5, actor="staff:ops")
+    await sessions.pause(plain, actor="staff:ops")  # paused right now
+    report = await analytics.summary(store.pool, policy=TEST_POLICY)
+    assert report["paused"] == {"sessions": 2, "now": 1}
+    assert report["reopened"] == {"sessions": 1, "reopenings": 1}
+    assert report["duration_seconds"]["count"] == 1  # the reopened one runs again
+    assert report["duration_seconds"]["mean"] == pytest.approx(30 * 60, abs=5)
+    assert report["by_method"]["timer_abandoned"]["count"] == 0

@@ -119,3 +119,45 @@ async def test_session_show_fits_80_columns_and_cuts_no_time(
     assert len(times) >= len(events) + 4, result.stdout
     for event in events:
         assert event.at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") in times
+
+
+async def test_session_pause_resume_reopen_and_extend_from_the_command_line(
+    db_url: str, store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    cid = add_candidate(db, "cli-proctor")
+    await store.start(cid, duration_minutes=30)
+
+    paused = run_cli("session", "pause", cid, "--reason", "fire alarm", "--json", db_url=db_url)
+    assert paused.returncode == 0, paused.stderr
+    assert json.loads(paused.stdout)["paused"] is True
+    again = run_cli("session", "pause", cid, db_url=db_url)
+    assert again.returncode == 1 and "paused" in again.stderr
+    resumed = run_cli("session", "resume", cid, "--reason", "all clear", db_url=db_url)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "paused" in resumed.stdout  # the session table, now with the time it stood still
+    extended = run_cli("session", "extend", cid, "--minutes", "5", "--json", db_url=db_url)
+    assert extended.returncode == 0, extended.stderr
+    assert json.loads(extended.stdout)["extra_minutes"] == 5
+    early = run_cli("session", "reopen", cid, "--minutes", "5", db_url=db_url)
+    assert early.returncode == 1 and "still running" in early.stderr
+    await store.complete(cid)
+    reopened = run_cli(
+        "session", "reopen", cid, "--minutes", "7", "--reason", "crash", "--json", db_url=db_url
+    )
+    assert reopened.returncode == 0, reopened.stderr
+    body = json.loads(reopened.stdout)
+    assert body["status"] == "active" and body["awaiting_candidate"] is True
+    assert body["remaining_seconds"] == 7 * 60
+    events = [
+        (e.type, e.actor, e.detail.get("reason"))
+        for e in await store.events(cid)
+        if e.type in ("paused", "pause_ended", "time_extended", "reopened")
+    ]
+    assert events == [
+        ("paused", "cli", "fire alarm"),
+        ("pause_ended", "cli", "all clear"),
+        ("time_extended", "cli", None),
+        ("reopened", "cli", "crash"),
+    ]
+    missing = run_cli("session", "pause", "nobody", db_url=db_url)
+    assert missing.returncode == 1 and "no test session" in missing.stderr

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import psycopg
 import pytest
 
-from invigilator.domain import Ended, Method, Policy, Session, Status, TabClosePolicy
+from invigilator.domain import AtDeadline, Ended, Method, Policy, Session, Status, TabClosePolicy
 from invigilator.store import SessionStore
 from invigilator.sweeper import sweep_once
 from support.db import TEST_POLICY, add_candidate, sessions_of, shift_session
@@ -44,6 +44,10 @@ async def close_the_tab(store: SessionStore, cid: str) -> None:
 
 async def extend_by_10(store: SessionStore, cid: str) -> None:
     await store.extend(cid, 10, actor="staff:ops", reason="fire alarm")
+
+
+async def accommodate_1_5(store: SessionStore, cid: str) -> None:
+    await store.set_accommodations(cid, time_multiplier=1.5, extra_minutes=None, actor="staff:ops")
 
 
 def ago(
@@ -73,6 +77,7 @@ TIMER_AT_EXTENDED_DEADLINE = Ending(
     Status.COMPLETED, Method.TIMER_EXPIRED, lambda s: s.test_start_time + minutes(70)
 )
 TIMER_AS_SILENCE_RUNS_OUT = Ending(Status.COMPLETED, Method.TIMER_EXPIRED, _after_silence)
+ABANDONED_AT_DEADLINE = Ending(Status.ABANDONED, Method.TIMER_ABANDONED, lambda s: s.deadline)
 ABANDONED_AFTER_LAST_HEARTBEAT = Ending(Status.ABANDONED, Method.HEARTBEAT_TIMEOUT, _after_silence)
 ABANDONED_AFTER_START = Ending(
     Status.ABANDONED, Method.HEARTBEAT_TIMEOUT, lambda s: s.test_start_time + minutes(5)
@@ -134,6 +139,32 @@ SCENARIOS = [
         (ago(tab=seconds(61), beat=seconds(70)),),
         SUBMITTED_AS_THE_TAB_CLOSED,
         steps=(send_heartbeat, close_the_tab),
+    ),
+    Scenario(  # policy `abandon`: time up without a submit is abandoned, with its own method
+        "abandon-at-deadline",
+        (ago(minutes(59), beat=minutes(1)), ago(minutes(61), beat=minutes(1))),
+        ABANDONED_AT_DEADLINE,
+        policy=replace(TEST_POLICY, at_deadline=AtDeadline.ABANDON),
+    ),
+    Scenario(  # policy `grace`: the end waits the grace (a submit may still come), then timer
+        "grace-then-timer-expired",
+        (ago(minutes(61), beat=minutes(1)), ago(minutes(63), beat=minutes(1))),
+        TIMER_AT_DEADLINE,
+        policy=replace(TEST_POLICY, at_deadline=AtDeadline.GRACE, grace=minutes(2)),
+    ),
+    Scenario(  # x1.5: 90 minutes, and the 2-minute grace becomes 3
+        "accommodation-scales-time-and-grace",
+        (ago(minutes(80), beat=minutes(1)), ago(minutes(93.5), beat=minutes(1))),
+        TIMER_AT_DEADLINE,
+        steps=(send_heartbeat, accommodate_1_5),
+        policy=replace(TEST_POLICY, at_deadline=AtDeadline.GRACE, grace=minutes(2)),
+    ),
+    Scenario(
+        "accommodation-scales-grace-ends-after-it",
+        (ago(minutes(92.5), beat=minutes(1)), ago(minutes(93.5), beat=minutes(1))),
+        TIMER_AT_DEADLINE,
+        steps=(send_heartbeat, accommodate_1_5),
+        policy=replace(TEST_POLICY, at_deadline=AtDeadline.GRACE, grace=minutes(2)),
     ),
     Scenario(  # past the tab-close grace, but the policy is ignore: the abandon rule decides
         "tab-close-ignored-left-to-the-abandon-rule",

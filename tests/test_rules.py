@@ -48,18 +48,31 @@ def test_a_status_that_does_not_match_its_method_is_refused(db: psycopg.Connecti
 def test_the_guard_is_inlined_into_the_statement(db: psycopg.Connection[Any]) -> None:
     """The rules are plain expressions once planned: no SQL function runs per row."""
     rules = TEST_POLICY.sql_params()
-    plan = "\n".join(
-        row[0]
-        for row in db.execute(
-            "EXPLAIN (VERBOSE) SELECT count(*) FROM test_session t, "
-            "invigilator_rules(%(policy)s::jsonb) AS c WHERE test_session_open("
-            "t.status, t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, c)",
-            rules,
-        ).fetchall()
+    columns = (
+        "t.status, t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, "
+        "t.paused_at, t.resumed_at, t.abandon_after_seconds, t.tab_close, t.at_deadline, "
+        "t.grace_seconds, t.time_multiplier, c"
     )
-    for rule in ("test_session_open", "test_session_due_at", "invigilator_rules"):
-        assert f"{rule}(" not in plan, plan
-    assert "last_heartbeat" in plan  # the expression itself is there
+    for guard in ("test_session_open", "test_session_takes_answers"):
+        plan = "\n".join(
+            row[0]
+            for row in db.execute(
+                "EXPLAIN (VERBOSE) SELECT count(*) FROM test_session t, "
+                f"invigilator_rules(%(policy)s::jsonb) AS c WHERE {guard}({columns})",
+                rules,
+            ).fetchall()
+        )
+        for rule in (
+            guard,
+            "test_session_due_at",
+            "test_session_end_method",
+            "test_session_heard_at",
+            "test_session_abandon_after",
+            "test_session_submit_grace",
+            "invigilator_rules",
+        ):
+            assert f"{rule}(" not in plan, plan
+        assert "last_heartbeat" in plan and "paused_at" in plan  # the expression is there
 
 
 def _timeline(db: psycopg.Connection[Any], cid: str) -> list[tuple[str, str]]:

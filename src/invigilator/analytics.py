@@ -132,6 +132,16 @@ class MultipleDevices(TypedDict):
     addresses: int  # more than one client address
 
 
+class Paused(TypedDict):
+    sessions: int  # sessions staff paused at least once
+    now: int  # of them, paused right now
+
+
+class Reopened(TypedDict):
+    sessions: int  # sessions reopened at least once
+    reopenings: int  # how many reopenings in all
+
+
 class Summary(TypedDict):
     window: Window
     generated_at: str
@@ -142,6 +152,8 @@ class Summary(TypedDict):
     overdue_unswept: int  # stored active but due: counted as they will end
     completion_rate: float | None  # completed / (completed + abandoned)
     by_method: dict[str, MethodCount]
+    paused: Paused
+    reopened: Reopened
     duration_seconds: DurationStats
     duration_share: ShareStats
     duration_histogram: list[MinuteBucket]
@@ -163,6 +175,7 @@ class LiveSession(TypedDict):
     devices: int  # distinct devices (user agents) among the session's page claims
     addresses: int  # distinct client addresses among them
     multiple_devices: bool  # more than one of either: worth a look
+    paused: bool  # staff paused it (or it was reopened and waits for its page)
 
 
 class Live(TypedDict):
@@ -318,6 +331,10 @@ def summary_rows(report: Summary) -> Iterator[tuple[str, str, Any]]:
     for method, counts in report["by_method"].items():
         yield "by_method.count", method, counts["count"]
         yield "by_method.rate", method, counts["rate"]
+    yield "paused.sessions", "", report["paused"]["sessions"]
+    yield "paused.now", "", report["paused"]["now"]
+    yield "reopened.sessions", "", report["reopened"]["sessions"]
+    yield "reopened.reopenings", "", report["reopened"]["reopenings"]
     durations = report["duration_seconds"]
     yield "duration_seconds.count", "", durations["count"]
     for stat in ("mean", "median", "p90"):

@@ -12,7 +12,14 @@ import platformdirs
 from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from invigilator.domain import ConfigurationError, InvalidInput, Pages, Policy, TabClosePolicy
+from invigilator.domain import (
+    AtDeadline,
+    ConfigurationError,
+    InvalidInput,
+    Pages,
+    Policy,
+    TabClosePolicy,
+)
 from invigilator.validation import Limits, check_webhook_url
 
 
@@ -34,6 +41,11 @@ class Settings(BaseSettings):
     deadline_grace_seconds: float = Field(default=0, ge=0)
     tab_close_grace_seconds: float = Field(default=60, ge=0)
     tab_close_policy: TabClosePolicy = TabClosePolicy.SUBMIT
+    # What happens at a session's deadline (each session may say otherwise at its start):
+    # submit (completed / timer_expired), grace (for at_deadline_grace_seconds saves are refused
+    # and a submit is taken, then as submit), abandon (abandoned / timer_abandoned).
+    at_deadline: AtDeadline = AtDeadline.SUBMIT
+    at_deadline_grace_seconds: float = Field(default=300, ge=0)
     heartbeat_interval_seconds: float = Field(default=15, gt=0)
     # How long the guide's pending_answers may lag a running session's answers (it mirrors
     # the answer rows; exact at the end). The sweeper refreshes it, so add its interval.
@@ -128,6 +140,8 @@ class Settings(BaseSettings):
             heartbeat_interval=timedelta(seconds=self.heartbeat_interval_seconds),
             answers_mirror_delay=timedelta(seconds=self.answers_mirror_delay_seconds),
             pages=self.pages,
+            at_deadline=self.at_deadline,
+            grace=timedelta(seconds=self.at_deadline_grace_seconds),
         )
 
     def limits(self) -> Limits:

@@ -30,6 +30,7 @@ class Method(enum.StrEnum):
     ADMIN = "admin"
     HEARTBEAT_TIMEOUT = "heartbeat_timeout"
     ADMIN_TERMINATED = "admin_terminated"
+    TIMER_ABANDONED = "timer_abandoned"  # at the deadline, policy `abandon`
 
 
 class TabClosePolicy(enum.StrEnum):
@@ -46,11 +47,43 @@ class Pages(enum.StrEnum):
     MULTIPLE = "multiple"  # pages coexist, each sees the others' answers
 
 
+class AtDeadline(enum.StrEnum):
+    """What happens when a session's time is up (its policy `at_deadline`)."""
+
+    SUBMIT = "submit"  # completed / timer_expired
+    GRACE = "grace"  # for the grace period saves are refused, a submit is taken; then as submit
+    ABANDON = "abandon"  # abandoned / timer_abandoned
+
+
 DEFAULT_DURATION_MINUTES = 60  # the guide's column default
 MIN_DURATION_MINUTES = 1
 MAX_DURATION_MINUTES = 24 * 60  # mirrors CHECK test_session_duration_range
 MAX_EXTENSION_MINUTES = 24 * 60
 MAX_CANDIDATE_ID_LENGTH = 36
+MAX_TIME_MULTIPLIER = 10.0  # mirrors CHECK test_session_accommodations_range
+MAX_ACCOMMODATION_MINUTES = 24 * 60
+MAX_REOPEN_MINUTES = 24 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    """How one session ends, given at its start (the deployment's settings fill what is not
+    given). Stored with the session; None only for a row made without the service (the guide's
+    own SQL), which then follows the deployment's settings."""
+
+    abandon_after_seconds: float | None
+    tab_close: TabClosePolicy | None
+    at_deadline: AtDeadline | None
+    grace_seconds: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Accommodations:
+    """More time for one candidate: the duration times `time_multiplier`, plus `extra_minutes`;
+    staff extensions stack on top, and the multiplier scales the `grace` period too."""
+
+    time_multiplier: float
+    extra_minutes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +98,31 @@ class Policy:
     heartbeat_interval: timedelta
     #: How long pending_answers may lag a running session's answer rows (docs/schema.md).
     answers_mirror_delay: timedelta
+    #: A session's defaults for what happens at its deadline (policy `at_deadline`), and the
+    #: grace of `grace`: stored with each session the service starts.
+    at_deadline: AtDeadline
+    grace: timedelta
+
+    def session_policy(
+        self,
+        *,
+        abandon_after_seconds: float | None = None,
+        tab_close: TabClosePolicy | None = None,
+        at_deadline: AtDeadline | None = None,
+        grace_seconds: float | None = None,
+    ) -> SessionPolicy:
+        """A session's policy: what was given, the deployment's values for the rest."""
+        return SessionPolicy(
+            abandon_after_seconds=abandon_after_seconds
+            if abandon_after_seconds is not None
+            else self.abandon_after.total_seconds(),
+            tab_close=tab_close or self.tab_close_policy,
+            at_deadline=at_deadline or self.at_deadline,
+            grace_seconds=grace_seconds
+            if grace_seconds is not None
+            else self.grace.total_seconds(),
+        )
+
     #: The page policy a session gets when its start names none (config.Settings).
     pages: Pages = Pages.SINGLE
 
@@ -90,6 +148,13 @@ class Policy:
 def remaining_seconds(deadline: datetime, now: datetime) -> int:
     """Whole seconds left, never negative: what a countdown shows."""
     return max(0, int((deadline - now).total_seconds()))
+
+
+def current_deadline(deadline: datetime, paused_at: datetime | None, now: datetime) -> datetime:
+    """The deadline as of `now`: a paused session's stored deadline moves at its resume by the
+    time the clock stood still, so while paused it is that much later already (and what is
+    left stays what was left at the pause)."""
+    return deadline + (now - paused_at) if paused_at is not None and now > paused_at else deadline
 
 
 # --- errors -------------------------------------------------------------------------------
@@ -131,6 +196,33 @@ class PageSuperseded(InvigilatorError):
     `single`): that page must claim the session again to go on."""
 
     code = "page_superseded"
+
+
+class SessionNotEnded(InvigilatorError):
+    """Reopen was asked for a session that is still running."""
+
+    code = "session_active"
+
+
+class AlreadyPaused(InvigilatorError):
+    code = "already_paused"
+
+
+class NotPaused(InvigilatorError):
+    code = "not_paused"
+
+
+class TimeUp(InvigilatorError):
+    """An answer reached a session past its deadline that still takes a submit (policy
+    `grace`): nothing is saved, the candidate may only submit."""
+
+    code = "time_up"
+
+
+class SessionPurged(InvigilatorError):
+    """Retention removed this ended session's answers and timeline: it cannot be reopened."""
+
+    code = "session_purged"
 
 
 class InvalidInput(InvigilatorError):
@@ -182,6 +274,15 @@ class Session:
     created_at: datetime
     updated_at: datetime
     server_now: datetime
+    policy: SessionPolicy
+    accommodations: Accommodations
+    #: The clock stands still since (a pause, or a reopening waiting for its page).
+    paused_at: datetime | None
+    #: Every second the clock stood still before (it moved the deadline).
+    paused_seconds: float
+    awaiting_candidate: bool
+    reopen_count: int
+    reopened_at: datetime | None
     pages: Pages = Pages.SINGLE
     #: The newest page claim (None until a page claims; after a candidate's submit: its page).
     page_id: str | None = None
@@ -191,8 +292,16 @@ class Session:
         return self.status is Status.ACTIVE
 
     @property
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+    @property
+    def current_deadline(self) -> datetime:
+        return current_deadline(self.deadline, self.paused_at, self.server_now)
+
+    @property
     def remaining_seconds(self) -> int:
-        return remaining_seconds(self.deadline, self.server_now) if self.is_active else 0
+        return remaining_seconds(self.current_deadline, self.server_now) if self.is_active else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,12 +312,21 @@ class Clock:
     status: Status
     deadline: datetime
     server_now: datetime
+    paused_at: datetime | None = None
+
+    @property
+    def is_paused(self) -> bool:
+        return self.paused_at is not None
+
+    @property
+    def current_deadline(self) -> datetime:
+        return current_deadline(self.deadline, self.paused_at, self.server_now)
 
     @property
     def remaining_seconds(self) -> int:
         if self.status is not Status.ACTIVE:
             return 0
-        return remaining_seconds(self.deadline, self.server_now)
+        return remaining_seconds(self.current_deadline, self.server_now)
 
 
 @dataclass(frozen=True, slots=True)

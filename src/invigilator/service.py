@@ -1,6 +1,7 @@
 """The service layer: the operations people name — start a session, read it, beat, save
 answers, complete a section, record an event, close a tab, submit, end it as staff, extend it,
-sweep, read its timeline — each one transaction, and safe to retry where a retry can happen.
+pause and resume it, reopen it, change its accommodations, sweep, read its timeline — each one
+transaction, and safe to retry where a retry can happen.
 
 The HTTP routes, the heartbeat fast path, the CLI, the sweeper and the demo call these; none of
 them reaches the store. Input rules that the database cannot state well (sizes, depth, names)
@@ -15,6 +16,11 @@ from typing import Any, Literal
 
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
+    MAX_ACCOMMODATION_MINUTES,
+    MAX_REOPEN_MINUTES,
+    MAX_TIME_MULTIPLIER,
+    Accommodations,
+    AtDeadline,
     Claim,
     Clock,
     Ended,
@@ -26,6 +32,7 @@ from invigilator.domain import (
     SaveResult,
     Session,
     Status,
+    TabClosePolicy,
 )
 from invigilator.heartbeats import HeartbeatBatcher
 from invigilator.privacy import Erasure, PrivacyStore, Purged
@@ -76,11 +83,25 @@ class Sessions:
         duration_minutes: int = DEFAULT_DURATION_MINUTES,
         sections: list[str] | None = None,
         create_candidate: bool = False,
+        abandon_after_seconds: float | None = None,
+        tab_close: TabClosePolicy | None = None,
+        at_deadline: AtDeadline | None = None,
+        grace_seconds: float | None = None,
+        time_multiplier: float = 1.0,
+        extra_minutes: int = 0,
         pages: Pages | None = None,
     ) -> Started:
-        """Start a candidate's session; repeating it for an active session returns that one.
+        """Start a candidate's session with its own policy (what is not given: the settings')
+        and accommodations; repeating it for an active session returns that one as it is.
         `pages`: the session's page policy (default: the deployment's, Settings.pages)."""
         check_candidate_id(candidate_id)
+        _check_accommodations(time_multiplier, extra_minutes)
+        if abandon_after_seconds is not None and not abandon_after_seconds > 0:
+            raise InvalidInput(
+                "abandon_after_seconds must be above 0", field="abandon_after_seconds"
+            )
+        if grace_seconds is not None and not grace_seconds >= 0:
+            raise InvalidInput("grace_seconds must be 0 or more", field="grace_seconds")
         if sections is not None:
             if len(sections) > self.limits.max_sections:
                 raise InvalidInput(f"at most {self.limits.max_sections} sections", field="sections")
@@ -93,6 +114,13 @@ class Sessions:
             create_candidate=create_candidate,
             actor=actor,
             pages=pages,
+            policy=self.policy.session_policy(
+                abandon_after_seconds=abandon_after_seconds,
+                tab_close=tab_close,
+                at_deadline=at_deadline,
+                grace_seconds=grace_seconds,
+            ),
+            accommodations=Accommodations(time_multiplier, extra_minutes),
         )
         return Started(session, created)
 
@@ -102,6 +130,53 @@ class Sessions:
         """Give a running session extra minutes; the deadline moves at once for everybody."""
         await self.store.extend(candidate_id, minutes, actor=actor, reason=reason or None)
         return await self.store.get(candidate_id)  # with every committed answer
+
+    async def pause(self, candidate_id: str, *, actor: str, reason: str | None = None) -> Session:
+        """Stop a running session's clock: no ending rule fires until it is resumed; its page
+        still beats and saves what was typed, and learns of the pause at its next heartbeat."""
+        await self.store.pause(candidate_id, actor=actor, reason=reason or None)
+        return await self.store.get(candidate_id)
+
+    async def resume(self, candidate_id: str, *, actor: str, reason: str | None = None) -> Session:
+        """Start a paused session's clock again; its deadline has moved by the paused time."""
+        await self.store.resume(candidate_id, actor=actor, reason=reason or None)
+        return await self.store.get(candidate_id)
+
+    async def reopen(
+        self, candidate_id: str, minutes: int, *, actor: str, reason: str | None = None
+    ) -> Session:
+        """Open an ended session again with `minutes` left; its clock starts when its page is
+        next heard from. The earlier ending stays in the timeline."""
+        if not 1 <= minutes <= MAX_REOPEN_MINUTES:
+            raise InvalidInput(f"minutes must be 1–{MAX_REOPEN_MINUTES}", field="minutes")
+        await self.store.reopen(candidate_id, minutes, actor=actor, reason=reason or None)
+        return await self.store.get(candidate_id)
+
+    async def set_accommodations(
+        self,
+        candidate_id: str,
+        *,
+        actor: str,
+        time_multiplier: float | None = None,
+        extra_minutes: int | None = None,
+        reason: str | None = None,
+    ) -> Session:
+        """Change a running session's accommodations (also while it runs); the deadline, and
+        the grace of policy `grace`, follow at once."""
+        if time_multiplier is None and extra_minutes is None:
+            raise InvalidInput("give time_multiplier, extra_minutes or both", field="body")
+        _check_accommodations(
+            1.0 if time_multiplier is None else time_multiplier,
+            0 if extra_minutes is None else extra_minutes,
+        )
+        await self.store.set_accommodations(
+            candidate_id,
+            time_multiplier=time_multiplier,
+            extra_minutes=extra_minutes,
+            actor=actor,
+            reason=reason or None,
+        )
+        return await self.store.get(candidate_id)
 
     async def end_as_staff(
         self, candidate_id: str, outcome: StaffOutcome, *, actor: str, reason: str | None = None
@@ -174,7 +249,7 @@ class Sessions:
         if self.heartbeats is not None:
             return await self.heartbeats.beat(candidate_id, active=active)
         s = await self.store.heartbeat(candidate_id, active=active)
-        return Clock(s.candidate_id, s.status, s.deadline, s.server_now)
+        return Clock(s.candidate_id, s.status, s.deadline, s.server_now, s.paused_at)
 
     async def record_activity(self, candidate_id: str, *, page_id: str | None = None) -> Session:
         return await self.store.record_activity(candidate_id, page_id=_page(page_id))
@@ -233,3 +308,15 @@ class Sessions:
 
 def _page(page_id: str | None) -> str | None:
     return None if page_id is None else check_page_id(page_id)
+
+
+def _check_accommodations(time_multiplier: float, extra_minutes: int) -> None:
+    if not 0 < time_multiplier <= MAX_TIME_MULTIPLIER:
+        raise InvalidInput(
+            f"time_multiplier must be above 0 and at most {MAX_TIME_MULTIPLIER:g}",
+            field="time_multiplier",
+        )
+    if not 0 <= extra_minutes <= MAX_ACCOMMODATION_MINUTES:
+        raise InvalidInput(
+            f"extra_minutes must be 0–{MAX_ACCOMMODATION_MINUTES}", field="extra_minutes"
+        )

@@ -24,6 +24,8 @@ from invigilator.db.connector import Cursor, Row, autocommit, transaction, trans
 from invigilator.db.rows import ended_error, to_ended, to_event, to_session
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
+    Accommodations,
+    AlreadyPaused,
     Claim,
     Clock,
     Ended,
@@ -31,6 +33,7 @@ from invigilator.domain import (
     InvalidInput,
     InvigilatorError,
     Method,
+    NotPaused,
     Pages,
     PageSuperseded,
     PayloadTooLarge,
@@ -38,8 +41,12 @@ from invigilator.domain import (
     SaveResult,
     Session,
     SessionAlreadyEnded,
+    SessionNotEnded,
     SessionNotFound,
+    SessionPolicy,
+    SessionPurged,
     Status,
+    TimeUp,
 )
 
 Q = sql.queries()
@@ -89,14 +96,24 @@ class SessionStore:
         self, cur: Cursor, candidate_id: str, page_id: str | None = None
     ) -> InvigilatorError:
         """Why a guarded write matched no row: the session is unknown, or has ended (lazy
-        expiry writes that end now, in the same transaction, so it is committed), or is still
-        open, so the guard that refused is the page claim's (test_session_page_may_write)."""
+        expiry writes that end now, in the same transaction, so it is committed), or it is
+        still open: then either a newer page took over (test_session_page_may_write), or it is
+        past its deadline and takes only a submit (policy `grace`, test_session_takes_answers)."""
         try:
             session = await self._settle(cur, candidate_id)
         except SessionNotFound as exc:
             return exc
-        if session.is_active and page_id is not None:
-            return _superseded()
+        if session.is_active:
+            if (
+                page_id is not None
+                and session.pages is Pages.SINGLE
+                and session.page_id not in (None, page_id)
+            ):
+                return _superseded()
+            return TimeUp(
+                "the time is up: answers are no longer taken, the test may only be submitted",
+                deadline=session.deadline.isoformat(),
+            )
         return ended_error(session)
 
     async def _guarded_write(self, name: str, candidate_id: str, **params: Any) -> Session:
@@ -125,9 +142,14 @@ class SessionStore:
         create_candidate: bool = False,
         actor: str = "system",
         pages: Pages | None = None,
+        policy: SessionPolicy | None = None,
+        accommodations: Accommodations | None = None,
     ) -> tuple[Session, bool]:
         """Start a session; `(session, True)` when created, `(existing, False)` when the candidate
-        already has an active one. Refused (SessionAlreadyEnded) when theirs has ended."""
+        already has an active one. Refused (SessionAlreadyEnded) when theirs has ended.
+        `policy`: the session's own (None: the deployment's, stored explicitly)."""
+        policy = policy or self.policy.session_policy()
+        accommodations = accommodations or Accommodations(time_multiplier=1.0, extra_minutes=0)
         async with transaction(self.pool) as cur:
             if create_candidate:
                 await cur.execute(Q["create_candidate"], {"candidate_id": candidate_id})
@@ -139,6 +161,12 @@ class SessionStore:
                 planned_sections=Jsonb(planned_sections) if planned_sections is not None else None,
                 actor=actor,
                 pages=Pages(pages or self.policy.pages).value,
+                abandon_after_seconds=policy.abandon_after_seconds,
+                tab_close=policy.tab_close.value if policy.tab_close else None,
+                at_deadline=policy.at_deadline.value if policy.at_deadline else None,
+                grace_seconds=policy.grace_seconds,
+                time_multiplier=accommodations.time_multiplier,
+                accommodation_minutes=accommodations.extra_minutes,
             )
             if row is not None:
                 return to_session(row), True
@@ -217,14 +245,21 @@ class SessionStore:
                 "active": [is_active for _, is_active in keyed],
             },
         )
+        rows = await cur.fetchall()
+        waiting = [r["candidate_id"] for r in rows if r["awaiting_candidate"]]
+        if waiting:  # reopened sessions heard from again: their clocks start now
+            await cur.execute(Q["start_reopened_clock"], {**self._rules, "candidate_ids": waiting})
+            started = {r["candidate_id"]: r for r in await cur.fetchall()}
+            rows = [started.get(r["candidate_id"], r) for r in rows]
         clocks = {}
-        for r in await cur.fetchall():
+        for r in rows:
             given = spelled[str(r["candidate_id"])]
             clocks[given] = Clock(
                 candidate_id=given,
                 status=Status(r["status"]),
                 deadline=r["deadline"],
                 server_now=r["server_now"],
+                paused_at=r["paused_at"],
             )
         return clocks
 
@@ -284,12 +319,12 @@ class SessionStore:
                 planned = session.planned_sections
                 if section in session.sections_completed:
                     return session
-                if planned is None or section in planned:  # open and allowed: the page claim
-                    refusal = _superseded()
-                else:
+                if planned is not None and section not in planned:
                     refusal = InvalidInput(
                         f"{section!r} is not one of this test's sections", sections=planned
                     )
+                else:  # open and allowed: a newer page's claim, or the time is up
+                    refusal = await self._refusal(cur, candidate_id, page_id)
             else:
                 refusal = ended_error(session)
         raise refusal
@@ -335,7 +370,13 @@ class SessionStore:
             assert refusal is not None
             raise refusal
         applied = sorted(row["applied"])
-        clock = Clock(candidate_id, Status(row["status"]), row["deadline"], row["server_now"])
+        clock = Clock(
+            candidate_id,
+            Status(row["status"]),
+            row["deadline"],
+            row["server_now"],
+            row["paused_at"],
+        )
         return SaveResult(
             clock=clock, seq=seq, applied=applied, superseded=superseded, current=current
         )
@@ -387,8 +428,10 @@ class SessionStore:
         page_id: str | None = None,
     ) -> tuple[Session, bool]:
         """End the session now. `(session, True)` if this call ended it; `(stored, False)` if it
-        had already ended — the first completion wins and is never moved. A page a newer one
-        took over from is refused (PageSuperseded)."""
+        had already ended — the first completion wins and is never moved — or, for the
+        candidate, if it was reopened and its page has not been heard from since (a repeat of
+        the earlier opening's submit). A page a newer one took over from is refused
+        (PageSuperseded)."""
         async with transaction(self.pool) as cur:
             row = await self._fetch_one(
                 cur,
@@ -398,6 +441,7 @@ class SessionStore:
                 actor=actor,
                 reason=reason,
                 page_id=page_id,
+                by_candidate=actor == "candidate",
             )
             if row is not None:  # exactly at the end, pending_answers holds every answer
                 await self._sync_answers(cur, [row["candidate_id"]])
@@ -414,6 +458,95 @@ class SessionStore:
             raise InvalidInput("minutes must be at least 1")
         return await self._guarded_write(
             "extend_time", candidate_id, minutes=minutes, actor=actor, reason=reason
+        )
+
+    async def pause(self, candidate_id: str, *, actor: str, reason: str | None = None) -> Session:
+        """Stop the clock of a running session (AlreadyPaused when it stands already)."""
+        return await self._controlled("pause", candidate_id, AlreadyPaused, actor, reason)
+
+    async def resume(self, candidate_id: str, *, actor: str, reason: str | None = None) -> Session:
+        """Start a paused session's clock again (NotPaused when it runs)."""
+        return await self._controlled("resume", candidate_id, NotPaused, actor, reason)
+
+    async def _controlled(
+        self,
+        name: str,
+        candidate_id: str,
+        unchanged: type[InvigilatorError],
+        actor: str,
+        reason: str | None,
+    ) -> Session:
+        """A staff pause or resume; refused as `unchanged` when the session is running but
+        already in the state asked for."""
+        refusal: InvigilatorError
+        async with transaction(self.pool) as cur:
+            row = await self._fetch_one(
+                cur, name, candidate_id=candidate_id, actor=actor, reason=reason
+            )
+            if row is not None:
+                return to_session(row)
+            try:
+                session = await self._settle(cur, candidate_id)
+            except SessionNotFound as exc:
+                refusal = exc
+            else:
+                refusal = (
+                    unchanged(
+                        f"this test session is {'paused' if session.is_paused else 'running'}",
+                        paused_at=session.paused_at.isoformat() if session.paused_at else None,
+                    )
+                    if session.is_active
+                    else ended_error(session)
+                )
+        raise refusal
+
+    async def reopen(
+        self, candidate_id: str, minutes: int, *, actor: str, reason: str | None = None
+    ) -> Session:
+        """Open an ended session again with `minutes` left, counted from when its page is next
+        heard from. SessionNotEnded while it runs; SessionPurged after retention."""
+        refusal: InvigilatorError
+        async with transaction(self.pool) as cur:
+            row = await self._fetch_one(
+                cur,
+                "reopen",
+                candidate_id=candidate_id,
+                minutes=minutes,
+                actor=actor,
+                reason=reason,
+            )
+            if row is not None:
+                return to_session(row)
+            try:
+                session = await self._settle(cur, candidate_id)
+            except SessionNotFound as exc:
+                refusal = exc
+            else:
+                if session.is_active:
+                    refusal = SessionNotEnded("this test session is still running")
+                else:
+                    refusal = SessionPurged(
+                        "retention removed this session's answers and timeline; it stays ended"
+                    )
+        raise refusal
+
+    async def set_accommodations(
+        self,
+        candidate_id: str,
+        *,
+        time_multiplier: float | None,
+        extra_minutes: int | None,
+        actor: str,
+        reason: str | None = None,
+    ) -> Session:
+        """Change a running session's accommodations; what is None is kept."""
+        return await self._guarded_write(
+            "set_accommodations",
+            candidate_id,
+            time_multiplier=time_multiplier,
+            extra_minutes=extra_minutes,
+            actor=actor,
+            reason=reason,
         )
 
     async def finalize_due(self, limit: int, *, actor: str = "sweeper") -> list[Ended]:

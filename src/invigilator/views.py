@@ -9,17 +9,44 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from invigilator.domain import (
+    AtDeadline,
+    Method,
+    Pages,
+    Session,
+    Status,
+    TabClosePolicy,
+    current_deadline,
+    remaining_seconds,
+)
 from invigilator.domain import Clock as DomainClock
-from invigilator.domain import Method, Pages, Session, Status
 
 
 class Clock(BaseModel):
     """The server's clock: clients count down from these, never from their own clock."""
 
     status: Status
-    deadline: datetime
+    deadline: datetime = Field(
+        description="While paused, the deadline as if the clock started again now: it moves "
+        "with the pause, and `remaining_seconds` stays what was left at the pause."
+    )
     remaining_seconds: int
     server_now: datetime
+    paused: bool = Field(False, description="The clock stands still: the test takes no input.")
+
+
+class PolicyOut(BaseModel):
+    """How the session ends (given at its start; null: the deployment's setting)."""
+
+    abandon_after_seconds: float | None
+    tab_close: TabClosePolicy | None
+    at_deadline: AtDeadline | None
+    grace_seconds: float | None
+
+
+class AccommodationsOut(BaseModel):
+    time_multiplier: float
+    extra_minutes: int
 
 
 class SessionOut(Clock):
@@ -40,6 +67,15 @@ class SessionOut(Clock):
         description="The page policy: `single`, the newest page takes over (an older page's "
         "writes are refused with `page_superseded`); `multiple`, pages coexist.",
     )
+    policy: PolicyOut
+    accommodations: AccommodationsOut
+    paused_at: datetime | None
+    paused_seconds: float = Field(description="Seconds the clock stood still before paused_at.")
+    awaiting_candidate: bool = Field(
+        description="Reopened: the clock starts when the candidate's page is next heard from."
+    )
+    reopen_count: int
+    reopened_at: datetime | None
 
 
 class SessionWithAnswers(SessionOut):
@@ -57,9 +93,10 @@ class SessionWithAnswers(SessionOut):
 def clock(session: Session | DomainClock) -> dict[str, Any]:
     return {
         "status": session.status,
-        "deadline": session.deadline,
+        "deadline": session.current_deadline,
         "remaining_seconds": session.remaining_seconds,
         "server_now": session.server_now,
+        "paused": session.is_paused,
     }
 
 
@@ -79,9 +116,57 @@ def session_fields(session: Session, *, answers: bool = True) -> dict[str, Any]:
         "created_at": session.created_at,
         "updated_at": session.updated_at,
         "pages": session.pages,
+        "policy": {
+            "abandon_after_seconds": session.policy.abandon_after_seconds,
+            "tab_close": session.policy.tab_close,
+            "at_deadline": session.policy.at_deadline,
+            "grace_seconds": session.policy.grace_seconds,
+        },
+        "accommodations": {
+            "time_multiplier": session.accommodations.time_multiplier,
+            "extra_minutes": session.accommodations.extra_minutes,
+        },
+        "paused_at": session.paused_at,
+        "paused_seconds": session.paused_seconds,
+        "awaiting_candidate": session.awaiting_candidate,
+        "reopen_count": session.reopen_count,
+        "reopened_at": session.reopened_at,
     }
     if answers:
         fields["pending_answers"] = session.pending_answers
         fields["answer_seq"] = session.answer_seq
         fields["page_id"] = session.page_id
     return fields
+
+
+def from_columns(row: dict[str, Any]) -> dict[str, Any]:
+    """A session's view from its columns as a webhook snapshot holds them (JSON, flat): the
+    nested policy and accommodations; a snapshot made before they existed shows the defaults."""
+    return {
+        **row,
+        "policy": {
+            "abandon_after_seconds": row.get("abandon_after_seconds"),
+            "tab_close": row.get("tab_close"),
+            "at_deadline": row.get("at_deadline"),
+            "grace_seconds": row.get("grace_seconds"),
+        },
+        "accommodations": {
+            "time_multiplier": row.get("time_multiplier", 1.0),
+            "extra_minutes": row.get("accommodation_minutes", 0),
+        },
+        "paused_at": row.get("paused_at"),
+        "paused_seconds": row.get("paused_seconds", 0.0),
+        "awaiting_candidate": row.get("awaiting_candidate", False),
+        "reopen_count": row.get("reopen_count", 0),
+        "reopened_at": row.get("reopened_at"),
+        "paused": row.get("paused_at") is not None,
+    }
+
+
+def with_clock(fields: dict[str, Any]) -> dict[str, Any]:
+    """The clock of parsed view fields (datetimes): the current deadline and what is left."""
+    if fields["status"] != Status.ACTIVE:
+        return fields
+    deadline = current_deadline(fields["deadline"], fields["paused_at"], fields["server_now"])
+    left = remaining_seconds(deadline, fields["server_now"])
+    return {**fields, "deadline": deadline, "remaining_seconds": left}

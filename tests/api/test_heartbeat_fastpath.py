@@ -24,9 +24,11 @@ async def test_ordinary_heartbeat_answer_has_the_routes_shape(
         "deadline",
         "remaining_seconds",
         "server_now",
+        "paused",
         "next_heartbeat_seconds",
     }
     assert body["status"] == "active" and body["next_heartbeat_seconds"] == 15
+    assert body["paused"] is False
     assert body["deadline"].endswith("Z")  # the same datetime form as every other answer
     # Through the regular route (an extra key makes the fast path step aside): same shape.
     slow = await api.as_candidate(

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from playwright.sync_api import ConsoleMessage, Page, expect
 
-from browser.conftest import LiveServer
+from browser.conftest import HEARTBEAT_SECONDS, LiveServer
 from support.waiting import wait_until
 
 pytestmark = pytest.mark.browser
@@ -274,6 +274,67 @@ def test_staff_ending_the_session_stops_the_page(page: Page, live_server: LiveSe
     expect(page.locator("#result-title")).to_have_text("Ended by staff")
     expect(page.locator('#result-answers [data-question="warm-up-1"] dd')).to_have_text("Kept.")
     assert page.evaluate("window.invigilatorDemo.saveAnswer('warm-up-1', 'late')") is False
+
+
+def test_a_pause_locks_the_page_and_the_resume_shows_the_time_that_was_left(
+    page: Page, live_server: LiveServer
+) -> None:
+    candidate_id = start_demo(page, live_server)
+    page.fill("#q-warm-up-1", "Typed before the pause.")
+    response = live_server.staff(
+        "POST", f"/api/v1/sessions/{candidate_id}/pause", json={"reason": "browser test"}
+    )
+    assert response.status_code == 200, response.text
+    # Within one heartbeat the page locks, and the clock stands still.
+    expect(page.locator("#paused")).to_be_visible(timeout=(HEARTBEAT_SECONDS + 3) * 1000)
+    expect(page.locator("#q-warm-up-1")).to_be_disabled()
+    expect(page.locator("#submit")).to_be_disabled()
+    expect(page.locator("#test")).to_have_attribute("data-paused", "true")
+    # What was typed before the pause is still saved.
+    wait_until(lambda: answers(live_server, candidate_id).get("warm-up-1"), "the typed answer")
+    frozen = page_remaining(page)
+    # The pause has lasted ten minutes (moved in the database, not waited for): the clock
+    # still shows what was left, through heartbeats.
+    live_server.execute(
+        "UPDATE test_session SET paused_at = paused_at - interval '10 minutes', "
+        "test_start_time = test_start_time - interval '10 minutes' WHERE candidate_id = %s",
+        (candidate_id,),
+    )
+    moved = db_now(live_server)
+
+    def beat_since_move() -> bool:
+        row = live_server.session_row(candidate_id)
+        return bool(row and row["last_heartbeat"] and row["last_heartbeat"] > moved)
+
+    wait_until(beat_since_move, "a heartbeat after the move", within=3 * HEARTBEAT_SECONDS + 5)
+    assert abs(page_remaining(page) - frozen) <= 1, (frozen, page_remaining(page))
+    assert page.evaluate("window.invigilatorDemo.paused") is True
+
+    response = live_server.staff(
+        "POST", f"/api/v1/sessions/{candidate_id}/resume", json={"reason": "browser test"}
+    )
+    assert response.status_code == 200, response.text
+    expect(page.locator("#paused")).to_be_hidden(timeout=(HEARTBEAT_SECONDS + 3) * 1000)
+    expect(page.locator("#q-warm-up-1")).to_be_enabled()
+    expect(page.locator("#submit")).to_be_enabled()
+    # The time left is what was left at the pause (the deadline moved by the paused time),
+    # and the countdown runs again.
+    remaining = page_remaining(page)
+    assert abs(remaining - seconds_left_in_db(live_server, candidate_id)) <= 2, remaining
+    assert frozen - 6 <= remaining <= frozen + 1, (frozen, remaining)
+    page.wait_for_function(
+        "start => Number(document.querySelector('#countdown').dataset.remaining) <= start - 1",
+        arg=remaining,
+        timeout=3000,
+    )
+    page.fill("#q-warm-up-1", "Typed after the pause.")
+    wait_until(
+        lambda: answers(live_server, candidate_id).get("warm-up-1") == "Typed after the pause."
+    )
+    assert [t for t in live_server.event_types(candidate_id) if "pause" in t] == [
+        "paused",
+        "pause_ended",
+    ]
 
 
 def test_demo_page_looks_right(page: Page, live_server: LiveServer, artifacts: Path) -> None:

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql as pgsql
 
 from invigilator.config import Settings
-from invigilator.domain import Policy, TabClosePolicy
+from invigilator.domain import AtDeadline, Policy, TabClosePolicy
 from invigilator.service import Sessions
 from invigilator.store import SessionStore
 
@@ -22,6 +22,8 @@ TEST_POLICY = Policy(
     tab_close_policy=TabClosePolicy.SUBMIT,
     heartbeat_interval=timedelta(seconds=15),
     answers_mirror_delay=timedelta(seconds=30),
+    at_deadline=AtDeadline.SUBMIT,
+    grace=timedelta(minutes=5),
 )
 #: The input limits the tests run with: the settings' defaults.
 TEST_LIMITS = Settings().limits()
@@ -44,7 +46,15 @@ def shift_session(conn: psycopg.Connection[Any], candidate_id: str, **ago: timed
     `shift_session(db, cid, test_start_time=timedelta(minutes=61))` sets the start to
     now() - 61 minutes (the deadline trigger follows).
     """
-    allowed = {"test_start_time", "last_heartbeat", "last_activity", "tab_closed_at"}
+    allowed = {
+        "test_start_time",
+        "last_heartbeat",
+        "last_activity",
+        "tab_closed_at",
+        "paused_at",
+        "resumed_at",
+        "reopened_at",
+    }
     assert set(ago) <= allowed, set(ago) - allowed
     assignments = pgsql.SQL(", ").join(
         pgsql.SQL("{} = now() - {}").format(pgsql.Identifier(col), pgsql.Literal(delta))

@@ -92,7 +92,8 @@ def add_ended_sessions(
 
 def inconsistencies(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
     """Sessions that are half-finalized: an active one with a terminal event, or an ended one
-    without exactly one terminal event that agrees with its status, method and completed_at."""
+    without exactly one terminal event that agrees with its status, method and completed_at —
+    counted in the session's latest opening (after its last `reopened` event, if any)."""
     return conn.execute(
         """
         SELECT t.candidate_id, t.status, t.completion_method, t.completed_at, e.n, e.types,
@@ -103,7 +104,10 @@ def inconsistencies(conn: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
                       array_agg(detail ->> 'method') AS methods,
                       min((detail ->> 'ended_at')::timestamptz) AS ended_at
                  FROM test_session_event
-                WHERE candidate_id = t.candidate_id AND type IN ('completed', 'abandoned')) e
+                WHERE candidate_id = t.candidate_id AND type IN ('completed', 'abandoned')
+                  AND id > coalesce((SELECT max(r.id) FROM test_session_event r
+                                      WHERE r.candidate_id = t.candidate_id
+                                        AND r.type = 'reopened'), 0)) e
             ON true
          WHERE (t.status = 'active' AND e.n <> 0)
             OR (t.status <> 'active' AND (e.n <> 1 OR e.types[1] <> t.status

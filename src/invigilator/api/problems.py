@@ -29,6 +29,11 @@ STATUS_OF_CODE: dict[str, int] = {
     domain.SessionEnded.code: 409,
     domain.SessionAlreadyEnded.code: 409,
     domain.PageSuperseded.code: 409,
+    domain.SessionNotEnded.code: 409,
+    domain.SessionPurged.code: 409,
+    domain.AlreadyPaused.code: 409,
+    domain.NotPaused.code: 409,
+    domain.TimeUp.code: 409,
     domain.InvalidInput.code: 422,
     domain.PayloadTooLarge.code: 413,
     domain.DatabaseUnavailable.code: 503,
@@ -79,6 +84,7 @@ _MEANING = {
     403: "Not allowed for this credential: `forbidden`.",
     404: "Not found: `not_found`, `candidate_not_found`.",
     409: "In conflict with the current state: `session_ended`, `session_already_ended`, "
+    "`session_active`, `session_purged`, `already_paused`, `not_paused`, `time_up`, "
     "`delivery_not_failed`, `endpoint_inactive`.",
     413: "Too large: `payload_too_large`.",
     422: "Not valid: `validation_error`, with `errors`.",

@@ -9,13 +9,18 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StringConstraints
 
 from invigilator.domain import (
+    MAX_ACCOMMODATION_MINUTES,
     MAX_CANDIDATE_ID_LENGTH,
     MAX_DURATION_MINUTES,
     MAX_EXTENSION_MINUTES,
+    MAX_REOPEN_MINUTES,
+    MAX_TIME_MULTIPLIER,
     MIN_DURATION_MINUTES,
+    AtDeadline,
     Pages,
     Policy,
     Session,
+    TabClosePolicy,
 )
 from invigilator.domain import Clock as DomainClock
 from invigilator.validation import MAX_NAME_LENGTH, MAX_PAGE_ID_LENGTH, MAX_SEQ, NAME_PATTERN
@@ -47,6 +52,27 @@ PAGE_ID_FIELD = Field(None, description=PAGE_ID_DESCRIPTION)
 # --- staff requests -----------------------------------------------------------------------
 
 
+# A JSON number (an integer is one too), never a string or a boolean.
+Multiplier = Annotated[float, Field(gt=0, le=MAX_TIME_MULTIPLIER, strict=True)]
+AccommodationMinutes = Annotated[int, Field(ge=0, le=MAX_ACCOMMODATION_MINUTES, strict=True)]
+
+
+class PolicyRequest(BaseModel):
+    """The session's own policy; what is not given comes from the deployment's settings."""
+
+    abandon_after_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600, strict=True)
+    tab_close: TabClosePolicy | None = None
+    at_deadline: AtDeadline | None = None
+    grace_seconds: float | None = Field(
+        default=None, ge=0, le=24 * 3600, strict=True, description="For `at_deadline: grace`."
+    )
+
+
+class AccommodationsRequest(BaseModel):
+    time_multiplier: Multiplier = 1.0
+    extra_minutes: AccommodationMinutes = 0
+
+
 class StartRequest(BaseModel):
     candidate_id: CandidateId
     # strict: a JSON integer, not `true` (= 1) or "60" (RELIABILITY.md, hostile input)
@@ -65,10 +91,34 @@ class StartRequest(BaseModel):
         description="The page policy: `single` (the newest page takes over) or `multiple` "
         "(pages coexist). Default: INVIGILATOR_PAGES.",
     )
+    policy: PolicyRequest | None = None
+    accommodations: AccommodationsRequest | None = None
 
 
 class ExtendRequest(BaseModel):
     minutes: int = Field(ge=1, le=MAX_EXTENSION_MINUTES, strict=True)
+    reason: Reason = ""
+
+
+class ReasonRequest(BaseModel):
+    reason: Reason = ""
+
+
+class ReopenRequest(BaseModel):
+    minutes: int = Field(
+        ge=1,
+        le=MAX_REOPEN_MINUTES,
+        strict=True,
+        description="Time left, counted from when the candidate's page is next heard from.",
+    )
+    reason: Reason = ""
+
+
+class AccommodationsChange(BaseModel):
+    """What to change (at least one); the other is kept."""
+
+    time_multiplier: Multiplier | None = None
+    extra_minutes: AccommodationMinutes | None = None
     reason: Reason = ""
 
 
@@ -180,4 +230,7 @@ def heartbeat_response(clock_: DomainClock, policy: Policy) -> HeartbeatResponse
 
 
 def complete_response(session: Session, ended_now: bool) -> CompleteResponse:
-    return CompleteResponse(**session_fields(session), already_ended=not ended_now)
+    # Not ended: a reopened session's repeated submit from before it was reopened.
+    return CompleteResponse(
+        **session_fields(session), already_ended=not ended_now and not session.is_active
+    )

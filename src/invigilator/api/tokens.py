@@ -41,6 +41,18 @@ def token_expiry(test_start_time: datetime, duration_minutes: int, policy: Polic
     return latest_deadline + policy.deadline_grace + policy.tab_close_grace
 
 
+def session_token_expiry(session: Session, policy: Policy) -> datetime:
+    """As token_expiry, for the session as it is: its accommodations, its clock from now when
+    it is paused or was reopened, and the grace of policy `grace`. A pause longer than the most
+    staff could extend a session outlives its token: a new start hands out a fresh one."""
+    multiplier = session.accommodations.time_multiplier
+    allowed = session.test_duration_minutes * multiplier + session.accommodations.extra_minutes
+    since_start = token_expiry(session.test_start_time, 0, policy) + timedelta(minutes=allowed)
+    from_now = token_expiry(session.current_deadline, 0, policy)
+    grace = timedelta(seconds=session.policy.grace_seconds or 0) * multiplier
+    return max(since_start, from_now) + grace
+
+
 def issue(candidate_id: str, expires_at: datetime, secret: str, issued_at: datetime) -> str:
     claims = {"sub": candidate_id, "aud": AUDIENCE, "iat": issued_at, "exp": expires_at}
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
@@ -48,7 +60,7 @@ def issue(candidate_id: str, expires_at: datetime, secret: str, issued_at: datet
 
 def for_session(session: Session, policy: Policy, secret: str) -> tuple[str, datetime]:
     """The candidate's token for this session, and when it expires: what a start hands out."""
-    expires = token_expiry(session.test_start_time, session.test_duration_minutes, policy)
+    expires = session_token_expiry(session, policy)
     return issue(session.candidate_id, expires, secret, session.server_now), expires
 
 

@@ -181,6 +181,9 @@ def render_summary(s: Summary, live: Live | None = None) -> RenderableType:
     overview.add_row("  completed", f"{s['completed']:,}")
     overview.add_row("  abandoned", f"{s['abandoned']:,}")
     overview.add_row("completion rate (completed / ended)", charts.pct(s["completion_rate"]))
+    overview.add_row("paused by staff (at least once)", f"{s['paused']['sessions']:,}")
+    overview.add_row("  paused right now", f"{s['paused']['now']:,}")
+    overview.add_row("reopened (at least once)", f"{s['reopened']['sessions']:,}")
     d = s["duration_seconds"]
     overview.add_row("duration of completed: mean", charts.clock(d["mean"]))
     overview.add_row("  median", charts.clock(d["median"]))

@@ -1,12 +1,15 @@
 """`invigilator session show`: one candidate's session and its timeline, as tables or JSON.
 Answer contents are never printed: only which questions have an answer.
-`invigilator session erase`: the right to erasure, as the staff API's DELETE does it."""
+`invigilator session erase`: the right to erasure, as the staff API's DELETE does it.
+`invigilator session pause|resume|reopen|extend`: the staff controls, as the API's routes do
+them (one service call each), signed `cli` in the timeline."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -21,8 +24,15 @@ from invigilator.cli.connect import migrate_embedded, open_sessions
 from invigilator.cli.options import DatabaseUrl
 from invigilator.config import Settings
 from invigilator.db.selection import Database
-from invigilator.domain import Event, Session, SessionNotFound
+from invigilator.domain import (
+    MAX_EXTENSION_MINUTES,
+    MAX_REOPEN_MINUTES,
+    Event,
+    Session,
+    SessionNotFound,
+)
 from invigilator.privacy import Erasure
+from invigilator.service import Sessions
 from invigilator.validation import check_candidate_id
 
 session_app = typer.Typer(help="Look at one candidate's test session.", **HELP_LAYOUT)
@@ -101,6 +111,118 @@ def session_erase(
     )
 
 
+CandidateArg = Annotated[str, typer.Argument(help="The candidate whose session to act on.")]
+ReasonOpt = Annotated[
+    str, typer.Option("--reason", help="Why (kept in the session's timeline).", show_default=False)
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the session as JSON.")]
+Action = Callable[[Sessions], Awaitable[Session]]
+
+
+def _control(candidate_id: str, as_json: bool, database_url: str | None, action: Action) -> None:
+    """Every staff control: one service call on the session, then the session as it is."""
+    settings = Settings()
+    db = database(database_url, settings)
+    check_candidate_id(candidate_id)
+    migrate_embedded(db)
+    try:
+        session = asyncio.run(_run_control(db, settings, action))
+    except SessionNotFound:
+        raise CommandFailed(f"no test session for candidate {candidate_id!r}") from None
+    if as_json:
+        sys.stdout.write(json.dumps(session_summary(session), indent=2, default=str) + "\n")
+        return
+    out.print(_session_table(session))
+
+
+async def _run_control(db: Database, settings: Settings, action: Action) -> Session:
+    async with open_sessions(db, settings) as sessions:
+        return await action(sessions)
+
+
+@session_app.command("pause", short_help="Stop a running session's clock.")
+def session_pause(
+    candidate_id: CandidateArg,
+    reason: ReasonOpt = "",
+    as_json: JsonOpt = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Pause a running session: its clock stands still and no ending rule fires until it is
+    resumed; the candidate's page locks at its next heartbeat. Exit code 1 when it has ended
+    or is paused already."""
+    _control(
+        candidate_id,
+        as_json,
+        database_url,
+        lambda s: s.pause(candidate_id, actor="cli", reason=reason),
+    )
+
+
+@session_app.command("resume", short_help="Start a paused session's clock again.")
+def session_resume(
+    candidate_id: CandidateArg,
+    reason: ReasonOpt = "",
+    as_json: JsonOpt = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Resume a paused session: its deadline has moved by the paused time. Exit code 1 when it
+    is not paused."""
+    _control(
+        candidate_id,
+        as_json,
+        database_url,
+        lambda s: s.resume(candidate_id, actor="cli", reason=reason),
+    )
+
+
+@session_app.command("reopen", short_help="Open an ended session again with N minutes.")
+def session_reopen(
+    candidate_id: CandidateArg,
+    minutes: Annotated[
+        int,
+        typer.Option(
+            "--minutes",
+            min=1,
+            max=MAX_REOPEN_MINUTES,
+            help="Time left, counted from when the candidate's page is next heard from.",
+        ),
+    ],
+    reason: ReasonOpt = "",
+    as_json: JsonOpt = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Reopen an ended session (completed or abandoned): its clock starts when the candidate's
+    page is next heard from; the earlier ending stays in the timeline. Exit code 1 when it is
+    still running."""
+    _control(
+        candidate_id,
+        as_json,
+        database_url,
+        lambda s: s.reopen(candidate_id, minutes, actor="cli", reason=reason),
+    )
+
+
+@session_app.command("extend", short_help="Give a running session extra minutes.")
+def session_extend(
+    candidate_id: CandidateArg,
+    minutes: Annotated[
+        int,
+        typer.Option("--minutes", min=1, max=MAX_EXTENSION_MINUTES, help="Minutes to add."),
+    ],
+    reason: ReasonOpt = "",
+    as_json: JsonOpt = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Extend a running session; the deadline moves at once for everybody. Exit code 1 when it
+    has ended."""
+    _control(
+        candidate_id,
+        as_json,
+        database_url,
+        lambda s: s.extend(candidate_id, minutes, actor="cli", reason=reason),
+    )
+
+
 async def _erase(db: Database, settings: Settings, candidate_id: str) -> Erasure:
     async with open_sessions(db, settings) as sessions:
         return await sessions.erase(candidate_id, actor="cli")
@@ -171,9 +293,15 @@ def _session_table(s: Session) -> Table:
         ("status", s.status.value),
         ("method", s.completion_method.value if s.completion_method else "-"),
         ("started", _shown(s.test_start_time)),
-        ("duration", f"{s.test_duration_minutes} min{extra}"),
-        ("deadline", _shown(s.deadline)),
+        ("duration", f"{s.test_duration_minutes} min{extra}{_accommodated(s)}"),
+        ("deadline", _shown(s.current_deadline)),
         ("remaining", _duration(s.remaining_seconds)),
+        ("paused", _paused(s)),
+        ("policy", _policy(s)),
+        (
+            "reopened",
+            f"{s.reopen_count} time(s), last {_shown(s.reopened_at)}" if s.reopen_count else "-",
+        ),
         ("last heartbeat", _shown(s.last_heartbeat) or "never"),
         ("last activity", _shown(s.last_activity) or "never"),
         ("tab closed at", _shown(s.tab_closed_at) or "-"),
@@ -185,6 +313,34 @@ def _session_table(s: Session) -> Table:
     for name, value in rows:
         table.add_row(name, Text(value or "-"))
     return table
+
+
+def _accommodated(s: Session) -> str:
+    a = s.accommodations
+    if a.time_multiplier == 1 and not a.extra_minutes:
+        return ""
+    return f" (accommodations: x{a.time_multiplier:g} +{a.extra_minutes} min)"
+
+
+def _paused(s: Session) -> str:
+    stood = f"{s.paused_seconds:.0f} s before" if s.paused_seconds else ""
+    if s.awaiting_candidate:
+        return f"waiting for the candidate's page since {_shown(s.paused_at)}"
+    if s.paused_at is not None:
+        return f"since {_shown(s.paused_at)}" + (f" ({stood})" if stood else "")
+    return stood or "no"
+
+
+def _policy(s: Session) -> str:
+    p = s.policy
+    shown = {
+        "abandon after": f"{p.abandon_after_seconds:g} s" if p.abandon_after_seconds else None,
+        "tab close": p.tab_close.value if p.tab_close else None,
+        "at deadline": p.at_deadline.value if p.at_deadline else None,
+        "grace": f"{p.grace_seconds:g} s" if p.grace_seconds is not None else None,
+    }
+    given = [f"{k}: {v}" for k, v in shown.items() if v is not None]
+    return ", ".join(given) if given else "the settings'"
 
 
 def _timeline_table(candidate_id: str, events: list[Event]) -> Table:

@@ -4,7 +4,19 @@ why a write to an ended session was refused."""
 from __future__ import annotations
 
 from invigilator.db.connector import Row
-from invigilator.domain import Ended, Event, Method, Pages, Session, SessionEnded, Status
+from invigilator.domain import (
+    Accommodations,
+    AtDeadline,
+    Ended,
+    Event,
+    Method,
+    Pages,
+    Session,
+    SessionEnded,
+    SessionPolicy,
+    Status,
+    TabClosePolicy,
+)
 
 
 def to_session(row: Row) -> Session:
@@ -33,6 +45,21 @@ def to_session(row: Row) -> Session:
         server_now=row["server_now"],
         pages=Pages(row.get("pages") or Pages.SINGLE),
         page_id=row.get("page_id"),
+        policy=SessionPolicy(
+            abandon_after_seconds=row["abandon_after_seconds"],
+            tab_close=TabClosePolicy(row["tab_close"]) if row["tab_close"] else None,
+            at_deadline=AtDeadline(row["at_deadline"]) if row["at_deadline"] else None,
+            grace_seconds=row["grace_seconds"],
+        ),
+        accommodations=Accommodations(
+            time_multiplier=float(row["time_multiplier"]),
+            extra_minutes=int(row["accommodation_minutes"]),
+        ),
+        paused_at=row["paused_at"],
+        paused_seconds=float(row["paused_seconds"]),
+        awaiting_candidate=bool(row["awaiting_candidate"]),
+        reopen_count=int(row["reopen_count"]),
+        reopened_at=row["reopened_at"],
     )
 
 

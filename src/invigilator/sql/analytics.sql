@@ -25,7 +25,8 @@ WITH stored AS (
     -- rows, a small share, pay for the rules.
     SELECT t.candidate_id, t.test_start_time, t.deadline, t.sections_completed,
            t.status, t.completion_method AS method, t.completed_at AS ended_at,
-           false AS overdue, t.last_heartbeat
+           false AS overdue, t.last_heartbeat, t.paused_seconds, t.paused_at, t.pause_count,
+           t.reopen_count, t.awaiting_candidate
       FROM test_session t
      WHERE t.test_start_time >= %(since)s::timestamptz
        AND t.test_start_time < %(until)s::timestamptz
@@ -33,16 +34,20 @@ WITH stored AS (
     UNION ALL
     SELECT t.candidate_id, t.test_start_time, t.deadline, t.sections_completed,
            coalesce(test_session_status_of(due.method), 'active'),
-           due.method, due.ends_at, due.method IS NOT NULL, t.last_heartbeat
+           due.method, due.ends_at, due.method IS NOT NULL, t.last_heartbeat,
+           t.paused_seconds, t.paused_at, t.pause_count, t.reopen_count, t.awaiting_candidate
       FROM test_session t
       CROSS JOIN invigilator_rules(%(policy)s::jsonb) AS c
       LEFT JOIN LATERAL (
-          SELECT test_session_end_method(t.deadline, t.last_heartbeat, t.test_start_time,
-                                         t.tab_closed_at, c) AS method,
-                 test_session_ends_at(t.deadline, t.last_heartbeat, t.test_start_time,
-                                      t.tab_closed_at, c) AS ends_at
+          SELECT test_session_end_method(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c) AS method,
+                 test_session_ends_at(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                                      t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                                      t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c) AS ends_at
            WHERE NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                                       t.tab_closed_at, c)
+                                       t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                                       t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
       ) due ON true
      WHERE t.test_start_time >= %(since)s::timestamptz
        AND t.test_start_time < %(until)s::timestamptz
@@ -51,12 +56,20 @@ WITH stored AS (
     -- One narrow row per session in the window: what every aggregate below reads (three
     -- passes in memory: the totals, the per-session breakdowns, the abandonment breakdowns).
     SELECT x.test_start_time AS started_at,
-           date_part('epoch', x.deadline - x.test_start_time) AS allowed_s,
+           -- The clock's time only: every second it stood still (pauses, a reopened
+           -- session's wait and its time ended) is left out of both.
+           date_part('epoch', x.deadline - x.test_start_time) - x.paused_seconds AS allowed_s,
            jsonb_array_length(x.sections_completed) AS sections,
            x.status, x.method, x.overdue,
            CASE WHEN x.status = 'completed'
-                THEN greatest(date_part('epoch', x.ended_at - x.test_start_time), 0) END
+                THEN greatest(date_part('epoch', x.ended_at - x.test_start_time)
+                              - x.paused_seconds, 0) END
                AS duration_s,
+           x.pause_count > 0 AS was_paused,
+           -- paused by staff now (not a reopened session waiting for its page)
+           x.status = 'active' AND x.paused_at IS NOT NULL AND NOT x.awaiting_candidate
+               AS paused_now,
+           x.reopen_count,
            test_session_gave_up(x.method) AS gave_up,
            -- When the candidate left: last heard of for a heartbeat timeout, else the end.
            CASE WHEN x.method = 'heartbeat_timeout'
@@ -101,6 +114,11 @@ WITH stored AS (
            count(*) FILTER (WHERE method = 'admin') AS admin,
            count(*) FILTER (WHERE method = 'heartbeat_timeout') AS heartbeat_timeout,
            count(*) FILTER (WHERE method = 'admin_terminated') AS admin_terminated,
+           count(*) FILTER (WHERE method = 'timer_abandoned') AS timer_abandoned,
+           count(*) FILTER (WHERE was_paused) AS paused,
+           count(*) FILTER (WHERE paused_now) AS paused_now,
+           count(*) FILTER (WHERE reopen_count > 0) AS reopened,
+           coalesce(sum(reopen_count), 0) AS reopenings,
            count(*) FILTER (WHERE gave_up) AS gave_up,
            (SELECT n FROM focus) AS gave_up_focus,
            count(duration_s) AS duration_n,
@@ -215,7 +233,11 @@ SELECT json_build_object(
         'heartbeat_timeout', json_build_object('status', test_session_status_of('heartbeat_timeout'), 'count', t.heartbeat_timeout,
                                     'rate', round(t.heartbeat_timeout::numeric / nullif(t.ended, 0), 4)),
         'admin_terminated', json_build_object('status', test_session_status_of('admin_terminated'), 'count', t.admin_terminated,
-                                    'rate', round(t.admin_terminated::numeric / nullif(t.ended, 0), 4))),
+                                    'rate', round(t.admin_terminated::numeric / nullif(t.ended, 0), 4)),
+        'timer_abandoned', json_build_object('status', test_session_status_of('timer_abandoned'), 'count', t.timer_abandoned,
+                                    'rate', round(t.timer_abandoned::numeric / nullif(t.ended, 0), 4))),
+    'paused', json_build_object('sessions', t.paused, 'now', t.paused_now),
+    'reopened', json_build_object('sessions', t.reopened, 'reopenings', t.reopenings),
     'duration_seconds', json_build_object(
         'count', t.duration_n,
         'mean', round(t.duration_mean::numeric, 1),
@@ -256,7 +278,10 @@ WITH live AS MATERIALIZED (
            t.test_start_time,
            t.deadline,
            t.last_heartbeat,
-           greatest(floor(date_part('epoch', t.deadline - now())), 0)::bigint AS remaining_seconds,
+           -- a paused clock stands still: what was left at the pause
+           greatest(floor(date_part('epoch', t.deadline - coalesce(t.paused_at, now()))), 0)::bigint
+               AS remaining_seconds,
+           t.paused_at IS NOT NULL AS paused,
            floor(date_part('epoch', now() - coalesce(t.last_heartbeat, t.test_start_time)))::bigint
                AS seconds_since_heartbeat,
            now() - coalesce(t.last_heartbeat, t.test_start_time) > %(silent_after)s::interval AS silent,
@@ -267,11 +292,9 @@ WITH live AS MATERIALIZED (
       FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c,
            test_session_page_spread(t.candidate_id) AS spread
      WHERE t.status = 'active'
-       -- implied by the next line (due_at <= deadline + grace); lets idx_test_session_active
-       -- skip overdue rows the sweeper has not reached yet
-       AND t.deadline > c.at - c.deadline_grace
        AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                             t.tab_closed_at, c)
+                             t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                             t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
 )
 SELECT json_build_object(
     'server_now', now(),

@@ -1,17 +1,23 @@
 -- The named queries of the session store. Each block: a `-- name --` header, a one-line
 -- description, then one statement. The rules are SQL functions (migration 0003), given the
--- statement's context `c`: its clock (`c.at`, the database's now()) and the policy, read once
--- in the FROM list, by invigilator_act(actor, policy, reason) for a change (which also names
--- who acts, for the timeline) or invigilator_rules(policy) for a read. Every write to a running
--- session is guarded by test_session_open(..., c). The timeline is written by the trigger
--- test_session_timeline, never here. A guarded write that matches no row is explained by the
+-- statement's context `c`: its clock (`c.at`, the database's now()) and the deployment's
+-- policy, read once in the FROM list, by invigilator_act(actor, policy, reason) for a change
+-- (which also names who acts, for the timeline) or invigilator_rules(policy) for a read; each
+-- rule also takes the session's own policy and pause columns, always the same ones in the same
+-- order (migration 0008). Every write to a running session is guarded by
+-- test_session_open(..., c), and an answer by test_session_takes_answers(..., c). The timeline
+-- is written by the trigger test_session_timeline, never here. A guarded write that matches no row is explained by the
 -- store: `finalize` (lazy expiry) then `get_session`.
 
 -- start_session --
--- Create an active session; returns nothing when the candidate already has one.
+-- Create an active session with its own policy, accommodations and page policy; returns
+-- nothing when the candidate already has one.
 INSERT INTO test_session (candidate_id, test_start_time, test_duration_minutes, planned_sections,
-                          pages)
-SELECT %(candidate_id)s, c.at, %(duration_minutes)s, %(planned_sections)s, %(pages)s
+                          pages, abandon_after_seconds, tab_close, at_deadline, grace_seconds,
+                          time_multiplier, accommodation_minutes)
+SELECT %(candidate_id)s, c.at, %(duration_minutes)s, %(planned_sections)s, %(pages)s,
+       %(abandon_after_seconds)s, %(tab_close)s, %(at_deadline)s, %(grace_seconds)s,
+       %(time_multiplier)s, %(accommodation_minutes)s
   FROM invigilator_act(%(actor)s, %(policy)s::jsonb) AS c
     ON CONFLICT (candidate_id) DO NOTHING
 RETURNING *, now() AS server_now;
@@ -31,7 +37,9 @@ SELECT t.*, test_session_answers(t.candidate_id) AS answers,
 -- Heartbeats for many sessions in one statement (the hot path; a single heartbeat is a batch
 -- of one): stamp last_heartbeat (and last_activity when the candidate acted) and clear a
 -- pending tab close. Sessions not returned were refused (ended, due or unknown). The caller
--- sends the ids sorted, so concurrent batches lock shared rows in the same order.
+-- sends the ids sorted, so concurrent batches lock shared rows in the same order. A reopened
+-- session waiting for its page is returned with `awaiting_candidate`: start_reopened_clock
+-- then starts its clock (rare, so the hot statement names no column with a trigger).
 UPDATE test_session t
    SET last_heartbeat = c.at,
        last_activity = CASE WHEN b.active THEN c.at ELSE t.last_activity END,
@@ -40,8 +48,23 @@ UPDATE test_session t
        invigilator_act('candidate', %(policy)s::jsonb) AS c
  WHERE t.candidate_id = b.candidate_id
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
-RETURNING t.candidate_id, t.status, t.deadline, c.at AS server_now;
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
+RETURNING t.candidate_id, t.status, t.deadline, t.paused_at, t.awaiting_candidate,
+          c.at AS server_now;
+
+-- start_reopened_clock --
+-- A reopened session's page is heard from: its clock starts now, with the minutes it was
+-- reopened with (the wait counts as paused time).
+UPDATE test_session t
+   SET paused_seconds = t.paused_seconds + extract(epoch FROM c.at - t.paused_at),
+       paused_at = NULL,
+       awaiting_candidate = false,
+       resumed_at = c.at
+  FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
+ WHERE t.candidate_id = ANY (%(candidate_ids)s)
+   AND t.awaiting_candidate
+RETURNING t.candidate_id, t.status, t.deadline, t.paused_at, c.at AS server_now;
 
 -- record_activity --
 -- The candidate typed, clicked or scrolled.
@@ -50,7 +73,8 @@ UPDATE test_session t
   FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
    AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING t.*, c.at AS server_now;
 
@@ -64,8 +88,10 @@ UPDATE test_session t
  WHERE t.candidate_id = %(candidate_id)s
    AND NOT t.sections_completed @> jsonb_build_array(%(section)s::text)
    AND (t.planned_sections IS NULL OR t.planned_sections @> jsonb_build_array(%(section)s::text))
-   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
+   AND test_session_takes_answers(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                                  t.tab_closed_at, t.paused_at, t.resumed_at,
+                                  t.abandon_after_seconds, t.tab_close, t.at_deadline,
+                                  t.grace_seconds, t.time_multiplier, c)
    AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING t.*, c.at AS server_now;
 
@@ -80,11 +106,13 @@ RETURNING t.*, c.at AS server_now;
 -- the list whose pending_answers mirror the sweeper refreshes. Returns the questions this save
 -- applied; the timeline gets one event for them.
 WITH session AS (
-    SELECT t.candidate_id, t.status, t.deadline, c.at
+    SELECT t.candidate_id, t.status, t.deadline, t.paused_at, c.at
       FROM test_session t, invigilator_act('candidate', %(policy)s::jsonb) AS c
      WHERE t.candidate_id = %(candidate_id)s
-       AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                             t.tab_closed_at, c)
+       AND test_session_takes_answers(t.status, t.deadline, t.last_heartbeat,
+                                      t.test_start_time, t.tab_closed_at, t.paused_at,
+                                      t.resumed_at, t.abandon_after_seconds, t.tab_close,
+                                      t.at_deadline, t.grace_seconds, t.time_multiplier, c)
        AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
        FOR SHARE OF t
 ), saved AS (
@@ -112,7 +140,7 @@ WITH session AS (
            (SELECT jsonb_agg(x.question ORDER BY x.question) AS questions FROM saved x) AS q
      WHERE q.questions IS NOT NULL
 )
-SELECT s.candidate_id, s.status, s.deadline, s.at AS server_now,
+SELECT s.candidate_id, s.status, s.deadline, s.paused_at, s.at AS server_now,
        coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
   FROM session s;
 
@@ -135,7 +163,8 @@ WITH claimed AS (
       FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
      WHERE t.candidate_id = %(candidate_id)s
        AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                             t.tab_closed_at, c)
+                             t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                             t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
     RETURNING t.candidate_id, t.pages, c.at
 ), page AS (
     INSERT INTO test_session_page AS p (candidate_id, page_id, user_agent, client_address,
@@ -206,7 +235,8 @@ UPDATE test_session t
   FROM invigilator_act('candidate', %(policy)s::jsonb) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
    AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING t.*, c.at AS server_now;
 
@@ -218,7 +248,8 @@ SELECT t.candidate_id, %(type)s, 'candidate', %(detail)s::jsonb
   FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
    AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING candidate_id, now() AS server_now;
 
@@ -229,24 +260,100 @@ UPDATE test_session t
   FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
 RETURNING t.*, c.at AS server_now;
 
 -- complete --
 -- End an open session now with `method` (the candidate submits, or staff end it); the status
 -- is the one the method leads to. The first ending wins and is never moved. A page that
--- submits is the claim on record afterwards (what tells that page "submitted by you").
+-- submits is the claim on record afterwards (what tells that page "submitted by you"). A pause
+-- still running ends with it (its time counts as paused). A reopened session still waiting for
+-- its page takes no submit from the candidate: that is the earlier opening's repeat.
 UPDATE test_session t
    SET status = test_session_status_of(%(method)s),
        completion_method = %(method)s,
        completed_at = c.at,
        tab_closed_at = NULL,
-       page_id = coalesce(%(page_id)s, t.page_id)
+       page_id = coalesce(%(page_id)s, t.page_id),
+       paused_seconds = t.paused_seconds
+                        + coalesce(extract(epoch FROM c.at - t.paused_at), 0),
+       paused_at = NULL,
+       awaiting_candidate = false
+  FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
+ WHERE t.candidate_id = %(candidate_id)s
+   AND NOT (t.awaiting_candidate AND %(by_candidate)s::boolean)
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
+   AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
+RETURNING t.*, c.at AS server_now;
+
+-- pause --
+-- Stop an open session's clock: no ending rule fires until it is resumed; its page still
+-- beats and saves what was typed.
+UPDATE test_session t
+   SET paused_at = c.at,
+       pause_count = t.pause_count + 1
+  FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
+ WHERE t.candidate_id = %(candidate_id)s
+   AND t.paused_at IS NULL
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
+RETURNING t.*, c.at AS server_now;
+
+-- resume --
+-- Start a paused session's clock again: the deadline moves by the time it stood still, and
+-- silence and a pending tab close count from now.
+UPDATE test_session t
+   SET paused_seconds = t.paused_seconds + extract(epoch FROM c.at - t.paused_at),
+       paused_at = NULL,
+       awaiting_candidate = false,
+       resumed_at = c.at
+  FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
+ WHERE t.candidate_id = %(candidate_id)s
+   AND t.paused_at IS NOT NULL
+   AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
+RETURNING t.*, c.at AS server_now;
+
+-- reopen --
+-- Open an ended session again with `minutes` left, its clock waiting (paused) until its page
+-- is next heard from (start_reopened_clock). The time since the end counts as paused; the
+-- adjustment makes the deadline now + minutes. The earlier ending stays in the timeline. A
+-- session whose answers retention removed stays ended.
+UPDATE test_session t
+   SET status = 'active',
+       completion_method = NULL,
+       completed_at = NULL,
+       tab_closed_at = NULL,
+       paused_at = c.at,
+       awaiting_candidate = true,
+       paused_seconds = t.paused_seconds + greatest(extract(epoch FROM c.at - t.completed_at), 0),
+       reopen_adjust_seconds = t.reopen_adjust_seconds
+           + extract(epoch FROM c.at + %(minutes)s::integer * interval '1 minute' - t.deadline)
+           - greatest(extract(epoch FROM c.at - t.completed_at), 0),
+       reopen_count = t.reopen_count + 1,
+       reopened_at = c.at
+  FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
+ WHERE t.candidate_id = %(candidate_id)s
+   AND t.status <> 'active'
+   AND t.purged_at IS NULL
+RETURNING t.*, c.at AS server_now;
+
+-- set_accommodations --
+-- Change an open session's accommodations (a value not given is kept); the deadline moves with
+-- them (trigger), and the grace of policy `grace` scales with the multiplier.
+UPDATE test_session t
+   SET time_multiplier = coalesce(%(time_multiplier)s::double precision, t.time_multiplier),
+       accommodation_minutes = coalesce(%(extra_minutes)s::integer, t.accommodation_minutes)
   FROM invigilator_act(%(actor)s, %(policy)s::jsonb, %(reason)s) AS c
  WHERE t.candidate_id = %(candidate_id)s
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
-   AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
 RETURNING t.*, c.at AS server_now;
 
 -- find_due --
@@ -256,8 +363,11 @@ SELECT t.candidate_id
   FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
  WHERE t.status = 'active'
    AND NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                             t.tab_closed_at, c)
- ORDER BY test_session_due_at(t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, c)
+                             t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                             t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
+ ORDER BY test_session_due_at(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                              t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                              t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
  LIMIT %(limit)s
    FOR UPDATE OF t SKIP LOCKED;
 
@@ -268,22 +378,30 @@ SELECT t.candidate_id
 -- caller ended is left alone: each session ends exactly once.
 UPDATE test_session t
    SET status = test_session_status_of(
-           test_session_end_method(t.deadline, t.last_heartbeat, t.test_start_time,
-                                   t.tab_closed_at, c)),
+           test_session_end_method(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                                   t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                                   t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)),
        completion_method = test_session_end_method(
-           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, c),
+           t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+           t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+           t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c),
        completed_at = test_session_ends_at(
-           t.deadline, t.last_heartbeat, t.test_start_time, t.tab_closed_at, c),
+           t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+           t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+           t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c),
        tab_closed_at = NULL
   FROM invigilator_act(%(actor)s, %(policy)s::jsonb) AS c
  WHERE t.candidate_id = ANY (%(candidate_ids)s)
    AND t.status = 'active'
    AND NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                             t.tab_closed_at, c)
+                             t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                             t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
 RETURNING t.candidate_id, t.status, t.completion_method, t.completed_at;
 
 -- find_active --
--- The guide's "Find Active Sessions": active with time left, over the stored deadline (indexed).
+-- The guide's "Find Active Sessions": active with time left, over the stored deadline (indexed,
+-- as the guide's own query reads it). A session paused for longer than it had left shows again
+-- at its resume, when its deadline moves; the live view (analytics `live`) lists it meanwhile.
 SELECT t.*, now() AS server_now
   FROM test_session t
  WHERE t.status = 'active' AND t.deadline > now()
@@ -296,6 +414,7 @@ SELECT t.*, now() AS server_now
   FROM test_session t
  WHERE t.status = 'active'
    AND coalesce(t.last_heartbeat, t.test_start_time) < now() - %(silent_for)s::interval
+   AND t.paused_at IS NULL  -- while paused no ending rule fires
  ORDER BY coalesce(t.last_heartbeat, t.test_start_time), t.candidate_id
  LIMIT %(limit)s;
 

@@ -109,7 +109,8 @@ SELECT md5(t.candidate_id::text || '/' || extract(epoch FROM s.since)::text)::uu
    AND t.deadline > now()
    AND s.since < now() - %(silent_after)s::interval
    AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
-                         t.tab_closed_at, c)
+                         t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                         t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
 ON CONFLICT DO NOTHING
 RETURNING candidate_id;
 

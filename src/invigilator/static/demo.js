@@ -31,6 +31,11 @@ const METHODS = {
     "No heartbeat",
   ],
   admin_terminated: ["Ended by staff", "A member of staff ended the test.", "Ended by staff"],
+  timer_abandoned: [
+    "Time is up",
+    "The time ran out before the test was submitted, so it was not accepted.",
+    "Time ran out, not submitted",
+  ],
 };
 /** The candidate submitted, but from another page: this page must not say "by you". */
 const SUBMITTED_ELSEWHERE = [
@@ -216,6 +221,26 @@ function showElsewhere(client, { pending }) {
   };
 }
 
+/**
+ * Paused by staff: every input and button is disabled (what was typed is already queued and
+ * still saved) until the pause ends; sections already done stay done.
+ */
+function lockTest(locked) {
+  const form = $("#test");
+  form.dataset.paused = String(locked);
+  $("#paused").hidden = !locked;
+  for (const control of $$("#test [data-question], #test button")) {
+    if (locked) {
+      if (!control.disabled) control.dataset.lockedByPause = "true";
+      control.disabled = true;
+    } else if (control.dataset.lockedByPause) {
+      delete control.dataset.lockedByPause;
+      control.disabled = false;
+    }
+  }
+  $("#countdown").dataset.paused = String(locked);
+}
+
 function enableTest(client) {
   for (const input of $$("[data-question]")) {
     input.disabled = false;
@@ -266,7 +291,11 @@ async function main() {
   const client = new Invigilator({
     candidateId,
     token,
-    onResume: ({ answers, sectionsCompleted }) => {
+    onResume: ({ answers, sectionsCompleted, fromPause }) => {
+      if (fromPause) {
+        lockTest(false);
+        return;
+      }
       for (const input of $$("[data-question]")) {
         const value = answers[input.dataset.question];
         if (typeof value === "string") input.value = value;
@@ -274,6 +303,7 @@ async function main() {
       markSections(sectionsCompleted);
       show("test");
     },
+    onPause: () => lockTest(true),
     onTick: renderClock,
     onConflict: showConflict,
     onSuperseded: (info) => showElsewhere(client, info),
@@ -295,7 +325,10 @@ async function main() {
   renderConnection(client.online);
   try {
     const resume = await client.start();
-    if (!resume.ended) enableTest(client);
+    if (!resume.ended) {
+      enableTest(client);
+      if (client.paused) lockTest(true); // opened while paused
+    }
   } catch (error) {
     if (!$("#problem").hidden) return;
     problem(`The test could not be loaded: ${error.message}`);

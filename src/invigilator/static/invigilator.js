@@ -26,6 +26,10 @@
  *   (a reload's first heartbeat cancels it); focus and visibility changes go to `/events`;
  * - **resume**: `start()` reads `/state`, claims the session and hands the page its answers —
  *   per question the newer edit of the server's and this browser's (`onResume`);
+ * - **pause**: staff may pause the session; the next reply says so (`paused`), the countdown
+ *   stands still and `onPause` is called; when staff resume it `onResume` is called again
+ *   (with `fromPause`), and the countdown goes on from the time that was left. An extension
+ *   or an accommodation moves the deadline the same way, within one heartbeat;
  * - **the end**: once the session has ended (submitted here, timed out, ended by staff…), every
  *   timer stops and `onEnd(outcome)` is called exactly once.
  *
@@ -102,7 +106,11 @@ const ACTIVITY_EVENTS = ["keydown", "input", "pointerdown", "wheel", "touchstart
  * @property {(conflict: Conflict) => void} [onConflict] The server holds a newer answer than
  *   the page showed: put `conflict.value` into the field and tell the candidate.
  * @property {(resume: ResumeInfo) => void} [onResume] The session is running: put `answers`
- *   into the page. Called once, from `start()`.
+ *   into the page. Called from `start()`, and again each time a pause ends (`fromPause` is
+ *   then true and `answers` are this page's own, as they are).
+ * @property {(pause: PauseInfo) => void} [onPause] Staff paused the session: the countdown
+ *   stands still; the page should take no input until `onResume`. Answers already typed are
+ *   still saved.
  * @property {(remainingSeconds: number, clock: ClockInfo) => void} [onTick] The countdown,
  *   whenever the whole number of seconds left changes.
  * @property {() => void} [onExpire] The countdown reached zero (the server then ends the
@@ -128,8 +136,18 @@ const ACTIVITY_EVENTS = ["keydown", "input", "pointerdown", "wheel", "touchstart
  * @property {string[]} sectionsCompleted Sections the server has recorded as completed.
  * @property {string[]|null} plannedSections The test's sections, when the session names them.
  * @property {number} remainingSeconds Seconds left on the server's clock.
- * @property {object} session The server's `/state` reply, as it came.
+ * @property {object} session The server's `/state` reply, as it came (after a pause: the
+ *   heartbeat's reply).
  * @property {Outcome|null} outcome When `ended`, how it ended.
+ * @property {boolean} paused True when the session is paused now (then `onPause` follows).
+ * @property {boolean} fromPause True when this call is the end of a pause.
+ */
+
+/**
+ * What `onPause` receives.
+ *
+ * @typedef {object} PauseInfo
+ * @property {number} remainingSeconds What is left on the clock, standing still.
  */
 
 /**
@@ -262,6 +280,8 @@ export class Invigilator {
     this._lastTick = null;
     /** @private */
     this._expired = false;
+    /** @private Paused: the time left when the server last said so (ms), else NaN. */
+    this._pausedLeftMs = NaN;
 
     // Autosave queue: question → {value, seq}, persisted with the seq counter.
     /** @private @type {Object<string, {value: *, seq: number}>} */
@@ -419,6 +439,10 @@ export class Invigilator {
     }
     try {
       const body = await this._request("POST", `/complete?page_id=${encodeURIComponent(this.pageId)}`);
+      if (body.status === "active") {
+        // Reopened by staff before this page was heard from again: nothing was submitted.
+        throw new InvigilatorError("the test was reopened; it was not submitted", { code: "reopened" });
+      }
       this._end(outcomeOf(body, { byThisPage: !body.already_ended || this._submittedHere(body) }));
     } catch (error) {
       if (!this._outcome) throw error;
@@ -459,7 +483,12 @@ export class Invigilator {
     const now = this.serverNow();
     if (Number.isNaN(now) || Number.isNaN(this._deadlineMs)) return NaN;
     if (this._outcome) return 0;
-    return Math.max(0, Math.ceil((this._deadlineMs - now) / 1000));
+    return Math.max(0, Math.ceil(this._leftMs() / 1000));
+  }
+
+  /** Whether staff have paused the session (as of the last reply). */
+  get paused() {
+    return !Number.isNaN(this._pausedLeftMs);
   }
 
   /** The deadline as a Date (server time), or null before the first reply. */
@@ -562,6 +591,7 @@ export class Invigilator {
     this._listen();
     call(this._o.onResume, resume);
     for (const conflict of conflicts) call(this._o.onConflict, conflict);
+    if (this.paused) call(this._o.onPause, { remainingSeconds: this.remainingSeconds });
     this._notifySave();
     this._tick();
     this._timers.tick = setInterval(() => this._tick(), 250);
@@ -778,19 +808,37 @@ export class Invigilator {
     const serverMs = parseTime(body.server_now);
     if (!Number.isNaN(serverMs)) this._clock = { serverMs, perf: (sentAt + receivedAt) / 2 };
     const deadlineMs = parseTime(body.deadline);
+    const wasPaused = this.paused;
     if (!Number.isNaN(deadlineMs)) {
       if (this._expired && deadlineMs > this._deadlineMs && deadlineMs > this.serverNow()) {
         this._expired = false; // staff extended the time after the countdown reached zero
       }
       this._deadlineMs = deadlineMs;
+      // While paused the server's deadline moves with its clock: what is left stands still.
+      if (typeof body.paused === "boolean") {
+        this._pausedLeftMs = body.paused && !Number.isNaN(serverMs) ? deadlineMs - serverMs : NaN;
+      }
+    }
+    if (this._running && !this._outcome && wasPaused !== this.paused) {
+      if (this.paused) {
+        call(this._o.onPause, { remainingSeconds: this.remainingSeconds });
+      } else {
+        const info = resumeInfo(body, this.answers, [], null);
+        call(this._o.onResume, { ...info, fromPause: true });
+      }
     }
     if (this._running) this._tick();
+  }
+
+  /** @private What is left on the clock (ms): standing still while paused. */
+  _leftMs() {
+    return this.paused ? this._pausedLeftMs : this._deadlineMs - this.serverNow();
   }
 
   /** @private */
   _tick() {
     if (this._outcome || Number.isNaN(this._deadlineMs) || !this._clock) return;
-    const leftMs = this._deadlineMs - this.serverNow();
+    const leftMs = this._leftMs();
     const seconds = Math.max(0, Math.ceil(leftMs / 1000));
     if (seconds !== this._lastTick) {
       this._lastTick = seconds;
@@ -956,7 +1004,15 @@ export class Invigilator {
         ok = true;
       } catch (error) {
         if (this._outcome || this._stopped || this._superseded) return false;
-        if (error instanceof InvigilatorError && REFUSED_STATUSES.has(error.status)) {
+        if (error instanceof InvigilatorError && error.code === "time_up") {
+          // Past the deadline (policy `grace`): no answer is taken any more, only the submit.
+          for (const question of questions) {
+            if (this._pending[question]?.seq === sentSeq[question]) delete this._pending[question];
+            this._storeDrop(question, sentSeq[question]);
+          }
+          call(this._o.onError, error);
+          ok = true;
+        } else if (error instanceof InvigilatorError && REFUSED_STATUSES.has(error.status)) {
           // Refused as invalid or too large: find the culprit alone, then drop it.
           if (questions.length > 1) {
             this._batchLimit = 1;
@@ -1371,5 +1427,7 @@ function resumeInfo(state, answers, restoredLocal, outcome) {
     remainingSeconds: outcome ? 0 : Number(state.remaining_seconds) || 0,
     session: state,
     outcome,
+    paused: state.paused === true,
+    fromPause: false,
   };
 }

@@ -43,8 +43,7 @@ from pydantic import SecretStr
 from invigilator import __version__, metrics
 from invigilator.config import Settings
 from invigilator.domain import DatabaseUnavailable, InvigilatorError, Policy
-from invigilator.domain import remaining_seconds as remaining
-from invigilator.views import SessionOut, SessionWithAnswers
+from invigilator.views import SessionOut, SessionWithAnswers, from_columns, with_clock
 from invigilator.webhooks import sign
 from invigilator.webhooks.outbox import Claimed, WebhookStore
 from invigilator.webhooks.vault import SecretBox
@@ -58,14 +57,12 @@ def session_view(snapshot: dict[str, Any]) -> dict[str, Any]:
     """The session of a snapshot as the API shows it (SessionOut; SessionWithAnswers when the
     snapshot holds answers), with every timestamp in UTC."""
     model = SessionWithAnswers if "pending_answers" in snapshot else SessionOut
-    parsed = model.model_validate({**snapshot, "remaining_seconds": 0})
+    parsed = model.model_validate({**from_columns(snapshot), "remaining_seconds": 0})
     fields: dict[str, Any] = {
         name: value.astimezone(UTC) if isinstance(value, datetime) else value
         for name, value in parsed.model_dump().items()
     }
-    if fields["status"] == "active":
-        fields["remaining_seconds"] = remaining(fields["deadline"], fields["server_now"])
-    return model.model_validate(fields).model_dump(mode="json")
+    return model.model_validate(with_clock(fields)).model_dump(mode="json")
 
 
 def render_body(delivery: Claimed) -> bytes:

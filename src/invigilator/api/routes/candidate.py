@@ -35,6 +35,10 @@ ENDED_OR_SUPERSEDED = (
     ENDED + " `page_superseded`: a newer page of this session took over (page policy "
     "`single`); claim it again (POST …/pages) to go on from this page."
 )
+TIME_UP = (
+    ENDED_OR_SUPERSEDED + " `time_up`: past the deadline only a submit is taken "
+    "(`at_deadline: grace`)."
+)
 
 
 @router.get("/state", response_model=schemas.SessionWithAnswers)
@@ -108,7 +112,7 @@ async def client_event(
 @router.post(
     "/sections",
     response_model=schemas.SessionOut,
-    responses=responses(409, 413, s409=ENDED_OR_SUPERSEDED),
+    responses=responses(409, 413, s409=TIME_UP),
 )
 async def complete_section(
     candidate_id: CandidateDep, body: schemas.SectionRequest, sessions: SessionsDep
@@ -121,7 +125,7 @@ async def complete_section(
 @router.patch(
     "/answers",
     response_model=schemas.SaveResponse,
-    responses=responses(409, 413, s409=ENDED_OR_SUPERSEDED),
+    responses=responses(409, 413, s409=TIME_UP),
 )
 async def save_answers(
     candidate_id: CandidateDep, body: schemas.AnswersRequest, sessions: SessionsDep

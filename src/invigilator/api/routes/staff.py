@@ -1,4 +1,5 @@
-"""Staff API: start sessions, list and read them, extend time, end them. Bearer staff key.
+"""Staff API: start sessions, list and read them, extend time, pause, resume, reopen, change
+accommodations, end them. Bearer staff key.
 Each route turns HTTP into one call of the service (invigilator.service) and back."""
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ async def start_session(
 ) -> schemas.StartResponse:
     """Start a candidate's test session and get the candidate's token. Repeating it for an
     active session returns that session (200) with a fresh token."""
+    policy = body.policy or schemas.PolicyRequest()
+    accommodations = body.accommodations or schemas.AccommodationsRequest()
     started = await sessions.start(
         body.candidate_id,
         duration_minutes=body.duration_minutes,
@@ -69,6 +72,12 @@ async def start_session(
         create_candidate=body.create_candidate,
         actor=staff.actor,
         pages=body.pages,
+        abandon_after_seconds=policy.abandon_after_seconds,
+        tab_close=policy.tab_close,
+        at_deadline=policy.at_deadline,
+        grace_seconds=policy.grace_seconds,
+        time_multiplier=accommodations.time_multiplier,
+        extra_minutes=accommodations.extra_minutes,
     )
     if not started.created:
         response.status_code = 200
@@ -136,6 +145,95 @@ async def extend_session(
     """Give a running session extra minutes; the deadline moves at once for everybody."""
     session = await sessions.extend(
         candidate_id, body.minutes, actor=staff.actor, reason=body.reason
+    )
+    return schemas.SessionWithAnswers(**schemas.session_fields(session))
+
+
+@router.post(
+    "/{candidate_id}/pause",
+    response_model=schemas.SessionWithAnswers,
+    responses=responses(
+        403, 404, 409, 413, s409="`already_paused`, or `session_ended`: too late to pause."
+    ),
+)
+async def pause_session(
+    candidate_id: CandidateIdPath,
+    body: schemas.ReasonRequest,
+    staff: StaffDep,
+    sessions: SessionsDep,
+) -> schemas.SessionWithAnswers:
+    """Stop a running session's clock: its deadline moves by the paused time and no ending rule
+    fires (deadline, silence, tab close) until it is resumed. The candidate's page locks at its
+    next heartbeat; answers already typed are still saved."""
+    session = await sessions.pause(candidate_id, actor=staff.actor, reason=body.reason)
+    return schemas.SessionWithAnswers(**schemas.session_fields(session))
+
+
+@router.post(
+    "/{candidate_id}/resume",
+    response_model=schemas.SessionWithAnswers,
+    responses=responses(403, 404, 409, 413, s409="`not_paused`, or `session_ended`."),
+)
+async def resume_session(
+    candidate_id: CandidateIdPath,
+    body: schemas.ReasonRequest,
+    staff: StaffDep,
+    sessions: SessionsDep,
+) -> schemas.SessionWithAnswers:
+    """Start a paused session's clock again (also a reopened one still waiting for its page)."""
+    session = await sessions.resume(candidate_id, actor=staff.actor, reason=body.reason)
+    return schemas.SessionWithAnswers(**schemas.session_fields(session))
+
+
+@router.post(
+    "/{candidate_id}/reopen",
+    response_model=schemas.StartResponse,
+    responses=responses(
+        403,
+        404,
+        409,
+        413,
+        s409="`session_active`: it is still running; `session_purged`: retention removed it.",
+    ),
+)
+async def reopen_session(
+    candidate_id: CandidateIdPath,
+    body: schemas.ReopenRequest,
+    staff: StaffDep,
+    sessions: SessionsDep,
+    runtime: RuntimeDep,
+) -> schemas.StartResponse:
+    """Open an ended session again with `minutes` left; its clock starts when the candidate's
+    page is next heard from. The earlier ending stays in the timeline; the new opening ends
+    exactly once. With a fresh candidate token (the earlier one may have expired)."""
+    session = await sessions.reopen(
+        candidate_id, body.minutes, actor=staff.actor, reason=body.reason
+    )
+    token, expires = tokens.for_session(session, runtime.policy, runtime.secret_key)
+    return schemas.StartResponse(
+        **schemas.session_fields(session), token=token, token_expires_at=expires
+    )
+
+
+@router.put(
+    "/{candidate_id}/accommodations",
+    response_model=schemas.SessionWithAnswers,
+    responses=responses(403, 404, 409, 413, s409="`session_ended`: too late to change."),
+)
+async def change_accommodations(
+    candidate_id: CandidateIdPath,
+    body: schemas.AccommodationsChange,
+    staff: StaffDep,
+    sessions: SessionsDep,
+) -> schemas.SessionWithAnswers:
+    """Change a session's time multiplier and/or extra minutes, also while it runs: the
+    deadline (and the grace of `at_deadline: grace`) follows at once."""
+    session = await sessions.set_accommodations(
+        candidate_id,
+        actor=staff.actor,
+        time_multiplier=body.time_multiplier,
+        extra_minutes=body.extra_minutes,
+        reason=body.reason,
     )
     return schemas.SessionWithAnswers(**schemas.session_fields(session))
 

@@ -24,6 +24,9 @@ EventType = Literal[
     "session.time_extended",
     "session.silent",
     "session.erased",
+    "session.paused",
+    "session.resumed",
+    "session.reopened",
 ]
 
 
