@@ -1584,7 +1584,8 @@ BEGIN
                         'abandon_after_seconds', NEW.abandon_after_seconds,
                         'tab_close', NEW.tab_close,
                         'at_deadline', NEW.at_deadline,
-                        'grace_seconds', NEW.grace_seconds)),
+                        'grace_seconds', NEW.grace_seconds,
+                        'pages', NEW.pages)),
                     'accommodations', jsonb_build_object(
                         'time_multiplier', NEW.time_multiplier,
                         'extra_minutes', NEW.accommodation_minutes),
@@ -1733,7 +1734,7 @@ CREATE OR REPLACE TRIGGER test_session_webhook_changed
           OR OLD.paused_at IS DISTINCT FROM NEW.paused_at)
     EXECUTE FUNCTION webhook_enqueue_session_change()
 $sql$;
-INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (8, 'proctor_controls', '7ebecf0e156fdcd4e06c657ed5ee1e7e400eb04a8933fbc371ea3f151ed96736') ON CONFLICT (version) DO NOTHING;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (8, 'proctor_controls', '7c429735b68b62d3b02a6a58df743537172d65b520f04a87685fd8957b0bc76f') ON CONFLICT (version) DO NOTHING;
 END
 $invigilator$;
 COMMIT;

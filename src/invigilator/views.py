@@ -42,6 +42,7 @@ class PolicyOut(BaseModel):
     tab_close: TabClosePolicy | None
     at_deadline: AtDeadline | None
     grace_seconds: float | None
+    pages: Pages
 
 
 class AccommodationsOut(BaseModel):
@@ -121,6 +122,7 @@ def session_fields(session: Session, *, answers: bool = True) -> dict[str, Any]:
             "tab_close": session.policy.tab_close,
             "at_deadline": session.policy.at_deadline,
             "grace_seconds": session.policy.grace_seconds,
+            "pages": session.pages,
         },
         "accommodations": {
             "time_multiplier": session.accommodations.time_multiplier,
@@ -149,6 +151,7 @@ def from_columns(row: dict[str, Any]) -> dict[str, Any]:
             "tab_close": row.get("tab_close"),
             "at_deadline": row.get("at_deadline"),
             "grace_seconds": row.get("grace_seconds"),
+            "pages": row.get("pages", "single"),
         },
         "accommodations": {
             "time_multiplier": row.get("time_multiplier", 1.0),

@@ -196,3 +196,21 @@ async def test_sessions_opened_from_several_devices_are_marked_live_and_counted(
             "devices": 1,
             "addresses": 0,
         }
+
+
+async def test_the_page_policy_is_part_of_the_sessions_policy(api: Api) -> None:
+    """`pages` may be given with the rest of the policy, and is shown and logged with it."""
+    started = await api.start("alice", policy={"pages": "multiple", "tab_close": "ignore"})
+    assert started["policy"]["pages"] == "multiple" and started["pages"] == "multiple"
+    timeline = (
+        await api.client.get("/api/v1/sessions/alice/events", headers=api.staff)
+    ).json()
+    assert timeline["events"][0]["detail"]["policy"]["pages"] == "multiple"
+    clash = await api.client.post(
+        "/api/v1/sessions",
+        json={"candidate_id": "bob", "pages": "single", "policy": {"pages": "multiple"}},
+        headers=api.staff,
+    )
+    assert clash.status_code == 422, clash.text
+    assert clash.headers["content-type"].startswith("application/problem+json")
+    assert (await api.client.get("/api/v1/sessions/bob", headers=api.staff)).status_code == 404

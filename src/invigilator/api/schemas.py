@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StringConstraints, model_validator
 
 from invigilator.domain import (
     MAX_ACCOMMODATION_MINUTES,
@@ -66,6 +66,11 @@ class PolicyRequest(BaseModel):
     grace_seconds: float | None = Field(
         default=None, ge=0, le=24 * 3600, strict=True, description="For `at_deadline: grace`."
     )
+    pages: Pages | None = Field(
+        None,
+        description="The page policy: `single` (the newest page takes over) or `multiple` "
+        "(pages coexist). Default: INVIGILATOR_PAGES. Also accepted at the request's top level.",
+    )
 
 
 class AccommodationsRequest(BaseModel):
@@ -88,11 +93,20 @@ class StartRequest(BaseModel):
     )
     pages: Pages | None = Field(
         None,
-        description="The page policy: `single` (the newest page takes over) or `multiple` "
-        "(pages coexist). Default: INVIGILATOR_PAGES.",
+        description="The page policy, as `policy.pages` (either place; not two values).",
     )
     policy: PolicyRequest | None = None
     accommodations: AccommodationsRequest | None = None
+
+    @model_validator(mode="after")
+    def _one_page_policy(self) -> StartRequest:
+        if self.pages and self.policy and self.policy.pages and self.pages != self.policy.pages:
+            raise ValueError("pages and policy.pages differ: give the page policy once")
+        return self
+
+    @property
+    def page_policy(self) -> Pages | None:
+        return (self.policy.pages if self.policy else None) or self.pages
 
 
 class ExtendRequest(BaseModel):

@@ -71,7 +71,7 @@ async def start_session(
         sections=body.sections,
         create_candidate=body.create_candidate,
         actor=staff.actor,
-        pages=body.pages,
+        pages=body.page_policy,
         abandon_after_seconds=policy.abandon_after_seconds,
         tab_close=policy.tab_close,
         at_deadline=policy.at_deadline,

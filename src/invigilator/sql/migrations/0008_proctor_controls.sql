@@ -286,7 +286,8 @@ BEGIN
                         'abandon_after_seconds', NEW.abandon_after_seconds,
                         'tab_close', NEW.tab_close,
                         'at_deadline', NEW.at_deadline,
-                        'grace_seconds', NEW.grace_seconds)),
+                        'grace_seconds', NEW.grace_seconds,
+                        'pages', NEW.pages)),
                     'accommodations', jsonb_build_object(
                         'time_multiplier', NEW.time_multiplier,
                         'extra_minutes', NEW.accommodation_minutes),
