@@ -202,9 +202,7 @@ async def test_the_page_policy_is_part_of_the_sessions_policy(api: Api) -> None:
     """`pages` may be given with the rest of the policy, and is shown and logged with it."""
     started = await api.start("alice", policy={"pages": "multiple", "tab_close": "ignore"})
     assert started["policy"]["pages"] == "multiple" and started["pages"] == "multiple"
-    timeline = (
-        await api.client.get("/api/v1/sessions/alice/events", headers=api.staff)
-    ).json()
+    timeline = (await api.client.get("/api/v1/sessions/alice/events", headers=api.staff)).json()
     assert timeline["events"][0]["detail"]["policy"]["pages"] == "multiple"
     clash = await api.client.post(
         "/api/v1/sessions",

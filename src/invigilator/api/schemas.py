@@ -67,7 +67,7 @@ class PolicyRequest(BaseModel):
         default=None, ge=0, le=24 * 3600, strict=True, description="For `at_deadline: grace`."
     )
     pages: Pages | None = Field(
-        None,
+        default=None,
         description="The page policy: `single` (the newest page takes over) or `multiple` "
         "(pages coexist). Default: INVIGILATOR_PAGES. Also accepted at the request's top level.",
     )
