@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 
 let windowParams = new URLSearchParams();
 let selected = null;
+let selectedSession = null; // the timeline panel's session, as last read
 const picked = new Set(); // the live table's selection, kept across refreshes
 
 // Every staff action: its fields, its route (by the API's fixed paths), the body it sends,
@@ -227,8 +228,8 @@ async function loadLive() {
     const since = s.seconds_since_heartbeat === null ? "never" : `${Math.round(s.seconds_since_heartbeat)} s ago`;
     const state = document.createElement("td");
     const tag = document.createElement("span");
-    tag.className = `tag ${s.silent ? "tag-silent" : s.tab_closed ? "tag-warn" : "tag-ok"}`;
-    tag.textContent = s.silent ? "silent" : s.tab_closed ? "tab closed" : "live";
+    tag.className = `tag ${s.silent ? "tag-silent" : s.paused || s.tab_closed ? "tag-warn" : "tag-ok"}`;
+    tag.textContent = s.silent ? "silent" : s.paused ? "paused" : s.tab_closed ? "tab closed" : "live";
     state.append(tag);
     if (s.multiple_devices) {
       const pages = document.createElement("span");
@@ -262,6 +263,7 @@ async function showTimeline(candidateId) {
     getJSON(`/api/v1/sessions/${encodeURIComponent(candidateId)}`),
     getJSON(`/api/v1/sessions/${encodeURIComponent(candidateId)}/events`),
   ]);
+  selectedSession = session;
   $("timeline-title").textContent = `Timeline · ${candidateId}`;
   const ended = session.status === "active" ? `${duration(session.remaining_seconds)} left` : `${session.status} (${session.completion_method}) at ${time(session.completed_at)}`;
   $("timeline-summary").textContent = `Started ${time(session.test_start_time)} · deadline ${time(session.deadline)} · ${ended} · ${session.sections_completed.length} section(s) · ${Object.keys(session.pending_answers).length} answer(s)`;
@@ -285,6 +287,10 @@ async function showTimeline(candidateId) {
   for (const button of $("session-actions").querySelectorAll("button[data-action]")) {
     const action = button.dataset.action;
     button.disabled = action === "reopen" ? running : !running && action !== "incident";
+    // where the server says whether the clock stands still, only the one that applies
+    if (running && typeof session.paused === "boolean" && (action === "pause" || action === "resume")) {
+      button.disabled = (action === "pause") === session.paused;
+    }
   }
   $("timeline-card").hidden = false;
   $("timeline-card").scrollIntoView({ behavior: "smooth", block: "nearest" });
@@ -312,6 +318,11 @@ function openAction(action, targets, bulk) {
     label.hidden = !spec.fields.includes(label.dataset.field);
   }
   $("action-form").reset();
+  const current = selectedSession && selectedSession.candidate_id === targets[0] && selectedSession.accommodations;
+  if (action === "accommodations" && !bulk && current) { // start from what the session has
+    $("f-multiplier").value = current.time_multiplier;
+    $("f-extra").value = current.extra_minutes;
+  }
   $("action-confirm").classList.toggle("danger", Boolean(spec.danger));
   stage("fields");
   $("action-dialog").showModal();
@@ -457,6 +468,7 @@ function bind() {
   $("timeline-close").addEventListener("click", () => {
     $("timeline-card").hidden = true;
     selected = null;
+    selectedSession = null;
   });
 }
 
