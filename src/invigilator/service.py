@@ -55,7 +55,7 @@ from invigilator.validation import (
 STAFF_OUTCOMES: dict[str, Method] = {"submit": Method.ADMIN, "terminate": Method.ADMIN_TERMINATED}
 StaffOutcome = Literal["submit", "terminate"]
 #: The actions POST /api/v1/sessions/bulk knows (`Sessions.bulk_step` says what each does).
-BULK_ACTIONS = ("extend", "end", "incident")
+BULK_ACTIONS = ("pause", "resume", "extend", "end", "incident")
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,6 +226,8 @@ class Sessions:
         elif action == "end":
             if fields.get("outcome") not in STAFF_OUTCOMES:
                 raise InvalidInput("end needs an outcome: submit or terminate", field="outcome")
+        elif action in ("pause", "resume"):
+            pass  # a reason only
         elif action == "incident":
             if fields.get("severity") not in set(Severity):
                 raise InvalidInput("severity must be low, medium or high", field="severity")
@@ -234,6 +236,12 @@ class Sessions:
             raise InvalidInput(f"action must be one of {', '.join(BULK_ACTIONS)}", field="action")
         # One line per action: a new session operation joins the bulk route here.
         steps: dict[str, bulk_actions.Step] = {
+            "pause": lambda cid: bulk_actions.session_changed(
+                self.pause(cid, actor=actor, reason=reason)
+            ),
+            "resume": lambda cid: bulk_actions.session_changed(
+                self.resume(cid, actor=actor, reason=reason)
+            ),
             "extend": lambda cid: bulk_actions.session_changed(
                 self.extend(cid, fields["minutes"], actor=actor, reason=reason)
             ),

@@ -212,3 +212,29 @@ async def test_a_candidate_token_may_not_act_in_bulk(api: Api) -> None:
 
 def test_settings_bound_the_set() -> None:
     assert make_settings().limits().max_bulk_sessions == 1000
+
+
+async def test_a_bulk_pause_of_1000_running_sessions_pauses_each_once(
+    api: Api, db: psycopg.Connection[Any]
+) -> None:
+    ids = running(db, 1000)
+    response = await bulk(api, action="pause", candidate_ids=ids, reason="fire alarm")
+    assert response.status_code == 200, response.text
+    reply = response.json()
+    assert (reply["requested"], reply["changed"], reply["refused"]) == (1000, 1000, 0)
+    assert [item["candidate_id"] for item in reply["items"]] == ids  # complete, in order
+    assert db.execute(
+        "SELECT count(*) FROM test_session WHERE paused_at IS NOT NULL AND status = 'active'"
+    ).fetchone() == (1000,)
+    counts = event_counts(db, "paused")
+    assert len(counts) == 1000 and set(counts.values()) == {1}
+
+    # again: each is paused already; refused one by one, nothing changes
+    again = (await bulk(api, action="pause", candidate_ids=ids[:5], reason="x")).json()
+    assert {(i["result"], i["code"]) for i in again["items"]} == {("refused", "already_paused")}
+    assert set(event_counts(db, "paused").values()) == {1}
+    resumed = (await bulk(api, action="resume", candidate_ids=ids[:5], reason="clear")).json()
+    assert resumed["changed"] == 5
+    assert db.execute("SELECT count(*) FROM test_session WHERE paused_at IS NULL").fetchone() == (
+        5,
+    )

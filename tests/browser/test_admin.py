@@ -323,3 +323,71 @@ def test_bulk_selection_of_the_live_table(page: Page, live_server: LiveServer) -
     for cid in ids:
         assert live_server.session_row(cid)["status"] == "completed"  # type: ignore[index]
         assert len(events(live_server, cid, "incident")) == 1
+
+
+def test_pause_resume_accommodations_and_reopen_from_the_dashboard(
+    page: Page, live_server: LiveServer
+) -> None:
+    for cid in ("cand-p", "cand-q"):
+        beat(live_server, cid, start_session(live_server, cid))
+    signed_in_and_drawn(page, live_server, 2)
+
+    # pause from the row: the live table shows it paused
+    act_on_row(page, "cand-p", "pause")
+    page.fill("#f-reason", "fire alarm")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#action-confirm-text")).to_contain_text("Pause cand-p?")
+    page.get_by_role("button", name="Confirm").click()
+    expect(row(page, "cand-p").locator("td .tag").first).to_have_text("paused")
+    assert live_server.session_row("cand-p")["paused_at"] is not None  # type: ignore[index]
+    ((_, detail),) = events(live_server, "cand-p", "paused")
+    assert detail["reason"] == "fire alarm"
+
+    # the timeline panel offers only resume; resuming starts the clock again
+    row(page, "cand-p").click()
+    actions = page.locator("#session-actions")
+    expect(actions.get_by_role("button", name="Pause…", exact=True)).to_be_disabled()
+    actions.get_by_role("button", name="Resume…", exact=True).click()
+    page.fill("#f-reason", "all clear")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("button", name="Confirm").click()
+    expect(actions.get_by_role("button", name="Pause…", exact=True)).to_be_enabled()
+    expect(row(page, "cand-p").locator("td .tag").first).to_have_text("live")
+    assert live_server.session_row("cand-p")["paused_at"] is None  # type: ignore[index]
+
+    # accommodations: a time multiplier, with a reason
+    actions.get_by_role("button", name="Accommodations…", exact=True).click()
+    expect(page.locator("#f-multiplier")).to_have_value("1")
+    page.fill("#f-multiplier", "1.5")
+    page.fill("#f-reason", "dyslexia plan")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#action-confirm-text")).to_contain_text("a time multiplier of 1.5")
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#action-status")).to_have_text("Accommodations: done for cand-p.")
+    assert live_server.session_row("cand-p")["time_multiplier"] == 1.5  # type: ignore[index]
+
+    # ended, then reopened with ten minutes
+    actions.get_by_role("button", name="End…", exact=True).click()
+    page.fill("#f-reason", "crashed laptop")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("button", name="Confirm").click()
+    expect(actions.get_by_role("button", name="Reopen…", exact=True)).to_be_enabled()
+    actions.get_by_role("button", name="Reopen…", exact=True).click()
+    page.fill("#f-minutes", "10")
+    page.fill("#f-reason", "crashed laptop")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#action-confirm-text")).to_contain_text("Reopen cand-p with 10 minute(s)?")
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#timeline li.event-reopened")).to_contain_text("crashed laptop")
+    assert live_server.session_row("cand-p")["status"] == "active"  # type: ignore[index]
+
+    # a bulk pause of the selection
+    page.locator("#select-all").check()
+    page.select_option("#bulk-action", "pause")
+    page.get_by_role("button", name="Apply to selected…").click()
+    page.fill("#f-reason", "power cut")
+    page.get_by_role("button", name="Continue").click()
+    page.get_by_role("button", name="Confirm").click()
+    expect(page.locator("#action-status")).to_contain_text("Pause: ")
+    expect(page.locator("#action-status")).to_contain_text(" changed")
+    assert live_server.session_row("cand-q")["paused_at"] is not None  # type: ignore[index]

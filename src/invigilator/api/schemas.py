@@ -176,6 +176,16 @@ class _BulkTargets(BaseModel):
     filter: BulkFilter | None = Field(None, description="Or: the sessions that match this.")
 
 
+class BulkPause(_BulkTargets):
+    action: Literal["pause"]
+    reason: Reason = ""
+
+
+class BulkResume(_BulkTargets):
+    action: Literal["resume"]
+    reason: Reason = ""
+
+
 class BulkExtend(_BulkTargets):
     action: Literal["extend"]
     minutes: int = Field(ge=1, le=MAX_EXTENSION_MINUTES, strict=True)
@@ -196,7 +206,9 @@ class BulkIncident(_BulkTargets):
 
 
 # One model per action (the OpenAPI document shows each action's fields).
-BulkRequest = Annotated[BulkExtend | BulkEnd | BulkIncident, Field(discriminator="action")]
+BulkRequest = Annotated[
+    BulkPause | BulkResume | BulkExtend | BulkEnd | BulkIncident, Field(discriminator="action")
+]
 
 
 # --- candidate requests -------------------------------------------------------------------

@@ -92,11 +92,12 @@ async def start_session(
 async def bulk_action(
     body: schemas.BulkRequest, staff: StaffDep, sessions: SessionsDep
 ) -> schemas.BulkOut:
-    """Apply one action (`extend`, `end`, `incident`) to many sessions: those named by
-    `candidate_ids`, or those matching `filter`. Each session is changed on its own, exactly
-    once, as its single-session route would change it; a refusal for one (ended, unknown)
-    is its item's result and changes nothing for the others. The reply has one item per
-    session, in order. More sessions than `INVIGILATOR_BULK_MAX_SESSIONS` (1000) is a 422."""
+    """Apply one action (`pause`, `resume`, `extend`, `end`, `incident`) to many sessions:
+    those named by `candidate_ids`, or those matching `filter`. Each session is changed on its
+    own, exactly once, as its single-session route would change it; a refusal for one (ended,
+    unknown) is its item's result and changes nothing for the others. The reply has one item
+    per session, in order. More sessions than `INVIGILATOR_BULK_MAX_SESSIONS` (1000) is a
+    422."""
     where = None
     if body.filter is not None:
         f = body.filter
