@@ -250,6 +250,9 @@ def test_timeline_panel_controls_follow_the_sessions_status(
     actions = page.locator("#session-actions")
     expect(actions.get_by_role("button", name="Reopen…", exact=True)).to_be_disabled()
     expect(actions.get_by_role("button", name="Pause…", exact=True)).to_be_enabled()
+    started = page.locator("#timeline li.event-started")
+    expect(started).to_contain_text("tab_close submit")  # the stored policy, readable
+    expect(started).not_to_contain_text("[object Object]")
 
     actions.get_by_role("button", name="Record incident…", exact=True).click()
     page.fill("#f-reason-code", "left_camera")

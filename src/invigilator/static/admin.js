@@ -137,6 +137,14 @@ function time(iso) {
   return iso ? new Date(iso).toLocaleString([], { dateStyle: "short", timeStyle: "medium" }) : "–";
 }
 
+// An event's detail value as text: nested objects (a session's policy, its accommodations)
+// as "key value" pairs, lists joined.
+function shown(value) {
+  if (Array.isArray(value)) return value.map(shown).join(", ");
+  if (value && typeof value === "object") return Object.entries(value).map(([k, v]) => `${k} ${shown(v)}`).join(", ");
+  return String(value);
+}
+
 function cell(text, className) {
   const td = document.createElement("td");
   td.textContent = text;
@@ -278,7 +286,7 @@ async function showTimeline(candidateId) {
     what.textContent = e.type.replaceAll("_", " ");
     const detail = document.createElement("span");
     detail.className = "muted small";
-    const bits = Object.entries(e.detail).map(([k, v]) => `${k}: ${Array.isArray(v) ? v.join(", ") : v}`);
+    const bits = Object.entries(e.detail).map(([k, v]) => `${k}: ${shown(v)}`);
     detail.textContent = [`by ${e.actor}`, ...bits].join(" · ");
     li.append(when, what, detail);
     list.append(li);
