@@ -160,6 +160,12 @@ EXPECTED: dict[str, Any] = {
         # s5 and s6 of the five (s9 finished; s8's came after its end; s7's was a regain)
         "focus_lost_before": {"count": 2, "share": 0.4},
     },
+    "flagged": {
+        "total": 0,
+        "share": 0.0,
+        "incidents": 0,
+        "by_severity": {"low": 0, "medium": 0, "high": 0},
+    },
     "daily": [
         {"date": "2024-03-04", "started": 2, "completed": 2, "abandoned": 0, "active": 0},
         {"date": "2024-03-05", "started": 2, "completed": 2, "abandoned": 0, "active": 0},
@@ -237,6 +243,12 @@ async def test_the_empty_database_has_every_metric_defined(store: SessionStore) 
                 for d, n in enumerate(["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"], 1)
             ],
             "focus_lost_before": {"count": 0, "share": None},
+        },
+        "flagged": {
+            "total": 0,
+            "share": None,
+            "incidents": 0,
+            "by_severity": {"low": 0, "medium": 0, "high": 0},
         },
         "daily": zero_days,
         "multiple_devices": {"sessions": 0, "share": None, "devices": 0, "addresses": 0},
@@ -415,7 +427,7 @@ async def test_the_window_uses_the_start_time_index_and_focus_probes_the_event_k
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
     # A year of sessions (one start every 26 minutes), most of them outside a one-day window;
-    # every third one given up after a focus loss.
+    # every third one given up after a focus loss, every tenth flagged by an incident.
     db.execute(
         """
         INSERT INTO candidate (candidate_id) SELECT 'c' || i FROM generate_series(1, 20000) i;
@@ -429,7 +441,10 @@ async def test_the_window_uses_the_start_time_index_and_focus_probes_the_event_k
         INSERT INTO test_session_event (candidate_id, type, at)
         SELECT 'c' || i, 'focus_lost', now() - i * interval '26 minutes' + interval '5 minutes'
           FROM generate_series(1, 20000) i;
-        ANALYZE candidate, test_session, test_session_event;
+        INSERT INTO test_session_incident (candidate_id, at, severity, reason_code)
+        SELECT 'c' || i, now() - i * interval '26 minutes' + interval '10 minutes', 'low', 'noise'
+          FROM generate_series(10, 20000, 10) i;
+        ANALYZE candidate, test_session, test_session_event, test_session_incident;
         """
     )
     until = datetime.now(UTC) - timedelta(days=100)

@@ -161,3 +161,33 @@ async def test_session_pause_resume_reopen_and_extend_from_the_command_line(
     ]
     missing = run_cli("session", "pause", "nobody", db_url=db_url)
     assert missing.returncode == 1 and "no test session" in missing.stderr
+
+
+async def test_session_incident_records_one_as_the_cli(
+    db_url: str, store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    cid = add_candidate(db, "cand-incident")
+    await store.start(cid)
+
+    result = run_cli(
+        "session", "incident", cid, "--severity", "high", "--reason-code", "phone",
+        "--note", "a phone on the desk", "--json", db_url=db_url,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    incident = json.loads(result.stdout)
+    assert incident["severity"] == "high" and incident["actor"] == "cli"
+    row = db.execute(
+        "SELECT actor, detail FROM test_session_event WHERE type = 'incident'"
+    ).fetchone()
+    assert row is not None and row[0] == "cli" and row[1]["note"] == "a phone on the desk"
+
+    refused = run_cli(
+        "session", "incident", cid, "--severity", "high", "--reason-code", "no spaces",
+        db_url=db_url,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "reason_code" in refused.stderr
+    missing = run_cli(
+        "session", "incident", "nobody", "--severity", "low", "--reason-code", "x", db_url=db_url
+    )
+    assert missing.returncode == 1 and "no test session" in missing.stderr

@@ -117,6 +117,13 @@ class Abandonment(TypedDict):
     focus_lost_before: FocusLost
 
 
+class Flagged(TypedDict):
+    total: int  # sessions with at least one incident
+    share: float | None  # of the sessions in the window
+    incidents: int  # incidents recorded on them
+    by_severity: dict[str, int]  # low, medium, high: sessions by their most serious incident
+
+
 class Day(TypedDict):
     date: str  # YYYY-MM-DD in the window's timezone; sessions counted on the day they started
     started: int
@@ -158,6 +165,7 @@ class Summary(TypedDict):
     duration_share: ShareStats
     duration_histogram: list[MinuteBucket]
     abandonment: Abandonment
+    flagged: Flagged
     daily: list[Day]
     multiple_devices: MultipleDevices
 
@@ -176,6 +184,8 @@ class LiveSession(TypedDict):
     addresses: int  # distinct client addresses among them
     multiple_devices: bool  # more than one of either: worth a look
     paused: bool  # staff paused it (or it was reopened and waits for its page)
+    incidents: int  # incidents recorded on the session
+    flag: str | None  # the most serious one's severity (low, medium, high); null: none
 
 
 class Live(TypedDict):
@@ -183,6 +193,7 @@ class Live(TypedDict):
     silent_after_seconds: float
     count: int  # all running sessions (`sessions` holds at most `limit` of them)
     silent: int
+    flagged: int  # running sessions with at least one incident
     sessions: list[LiveSession]
 
 
@@ -362,6 +373,12 @@ def summary_rows(report: Summary) -> Iterator[tuple[str, str, Any]]:
     focus = ab["focus_lost_before"]
     yield "abandonment.focus_lost_before.count", "", focus["count"]
     yield "abandonment.focus_lost_before.share", "", focus["share"]
+    flagged = report["flagged"]
+    yield "flagged.total", "", flagged["total"]
+    yield "flagged.share", "", flagged["share"]
+    yield "flagged.incidents", "", flagged["incidents"]
+    for severity, n in flagged["by_severity"].items():
+        yield "flagged.by_severity", severity, n
     for row in report["daily"]:
         for key in ("started", "completed", "abandoned", "active"):
             yield f"daily.{key}", row["date"], row[key]  # type: ignore[literal-required]

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     max_answers_per_save: int = Field(default=200, ge=1)
     max_sections: int = Field(default=100, ge=1)
     max_json_depth: int = Field(default=16, ge=2)
+    # Bulk actions (POST /api/v1/sessions/bulk): at most this many sessions per request, and
+    # this many of them acted on at a time (each takes a pooled connection while it runs).
+    bulk_max_sessions: int = Field(default=1000, ge=1, le=10_000)
+    bulk_concurrency: int = Field(default=4, ge=1, le=64)
     # Bounded reads: a request's headers, then its body, must arrive within these (slow or
     # stalled clients). Headers: the connection is closed; a body: 408 problem+json.
     read_headers_timeout_seconds: float = Field(default=10, gt=0)
@@ -151,6 +155,8 @@ class Settings(BaseSettings):
             max_answers_per_save=self.max_answers_per_save,
             max_sections=self.max_sections,
             max_json_depth=self.max_json_depth,
+            max_bulk_sessions=self.bulk_max_sessions,
+            bulk_concurrency=self.bulk_concurrency,
         )
 
     def check(self) -> None:

@@ -33,6 +33,14 @@ class Method(enum.StrEnum):
     TIMER_ABANDONED = "timer_abandoned"  # at the deadline, policy `abandon`
 
 
+class Severity(enum.StrEnum):
+    """How serious an incident is (CHECK test_session_incident_severity_check)."""
+
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
 class TabClosePolicy(enum.StrEnum):
     """What a tab-close beacon followed by silence means."""
 
@@ -359,6 +367,19 @@ class Ended:
     status: Status
     completion_method: Method
     completed_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """An irregularity staff or the host application recorded on a session."""
+
+    id: int
+    candidate_id: str
+    at: datetime
+    actor: str
+    severity: Severity
+    reason_code: str
+    note: str
 
 
 @dataclass(frozen=True, slots=True)

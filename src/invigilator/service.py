@@ -10,10 +10,12 @@ are checked here, before anything is written, so every caller gets the same refu
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from invigilator import bulk as bulk_actions
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
     MAX_ACCOMMODATION_MINUTES,
@@ -25,12 +27,14 @@ from invigilator.domain import (
     Clock,
     Ended,
     Event,
+    Incident,
     InvalidInput,
     Method,
     Pages,
     Policy,
     SaveResult,
     Session,
+    Severity,
     Status,
     TabClosePolicy,
 )
@@ -42,6 +46,7 @@ from invigilator.validation import (
     Limits,
     check_answers,
     check_candidate_id,
+    check_incident,
     check_name,
     check_page_id,
 )
@@ -49,6 +54,8 @@ from invigilator.validation import (
 #: How staff may end a session, and the completion method each outcome is recorded with.
 STAFF_OUTCOMES: dict[str, Method] = {"submit": Method.ADMIN, "terminate": Method.ADMIN_TERMINATED}
 StaffOutcome = Literal["submit", "terminate"]
+#: The actions POST /api/v1/sessions/bulk knows (`Sessions.bulk_step` says what each does).
+BULK_ACTIONS = ("pause", "resume", "extend", "end", "incident")
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +192,120 @@ class Sessions:
         return await self.store.complete(
             candidate_id, STAFF_OUTCOMES[outcome], actor=actor, reason=reason or None
         )
+
+    async def record_incident(
+        self,
+        candidate_id: str,
+        severity: Severity | str,
+        reason_code: str,
+        note: str = "",
+        *,
+        actor: str,
+    ) -> Incident:
+        """Record an irregularity on a session, running or ended: a timeline event and a
+        session.flagged webhook; the session's clock and outcome do not change."""
+        check_candidate_id(candidate_id)
+        if severity not in set(Severity):
+            raise InvalidInput("severity must be low, medium or high", field="severity")
+        check_incident(reason_code, note)
+        return await self.store.record_incident(
+            candidate_id, Severity(severity), reason_code, note, actor=actor
+        )
+
+    # --- bulk actions -------------------------------------------------------------------------
+
+    def bulk_step(self, action: str, fields: Mapping[str, Any], *, actor: str) -> bulk_actions.Step:
+        """What `action` does to one session: the operation of its single-session route, with
+        the action's fields (`minutes`, `outcome`, `severity`/`reason_code`/`note`; `reason`),
+        whose input is checked here once, before any session is touched."""
+        reason = str(fields.get("reason") or "") or None
+        if action == "extend":
+            minutes = fields.get("minutes")
+            if not isinstance(minutes, int) or isinstance(minutes, bool) or minutes < 1:
+                raise InvalidInput("extend needs whole minutes, at least 1", field="minutes")
+        elif action == "end":
+            if fields.get("outcome") not in STAFF_OUTCOMES:
+                raise InvalidInput("end needs an outcome: submit or terminate", field="outcome")
+        elif action in ("pause", "resume"):
+            pass  # a reason only
+        elif action == "incident":
+            if fields.get("severity") not in set(Severity):
+                raise InvalidInput("severity must be low, medium or high", field="severity")
+            check_incident(str(fields.get("reason_code", "")), str(fields.get("note") or ""))
+        else:
+            raise InvalidInput(f"action must be one of {', '.join(BULK_ACTIONS)}", field="action")
+        # One line per action: a new session operation joins the bulk route here.
+        steps: dict[str, bulk_actions.Step] = {
+            "pause": lambda cid: bulk_actions.session_changed(
+                self.pause(cid, actor=actor, reason=reason)
+            ),
+            "resume": lambda cid: bulk_actions.session_changed(
+                self.resume(cid, actor=actor, reason=reason)
+            ),
+            "extend": lambda cid: bulk_actions.session_changed(
+                self.extend(cid, fields["minutes"], actor=actor, reason=reason)
+            ),
+            "end": lambda cid: bulk_actions.ended(
+                self.end_as_staff(cid, fields["outcome"], actor=actor, reason=reason)
+            ),
+            "incident": lambda cid: bulk_actions.recorded(
+                self.record_incident(
+                    cid,
+                    fields["severity"],
+                    fields["reason_code"],
+                    str(fields.get("note") or ""),
+                    actor=actor,
+                )
+            ),
+        }
+        return steps[action]
+
+    async def bulk(
+        self,
+        action: str,
+        fields: Mapping[str, Any],
+        *,
+        actor: str,
+        candidate_ids: Sequence[str] | None = None,
+        where: bulk_actions.Filter | None = None,
+    ) -> bulk_actions.Report:
+        """Apply `action` to the sessions named (`candidate_ids`) or matched (`where`), each in
+        a transaction of its own; the report has one item per session, in order. More than
+        `limits.max_bulk_sessions` is refused whole, before anything changes."""
+        step = self.bulk_step(action, fields, actor=actor)
+        targets = await self._bulk_targets(candidate_ids, where)
+        items = await bulk_actions.run(step, targets, self.limits.bulk_concurrency)
+        return bulk_actions.Report(action, items)
+
+    async def _bulk_targets(
+        self, candidate_ids: Sequence[str] | None, where: bulk_actions.Filter | None
+    ) -> list[str]:
+        bound = self.limits.max_bulk_sessions
+        if (candidate_ids is None) == (where is None):
+            raise InvalidInput("name the sessions: candidate_ids or filter (one of them)")
+        if candidate_ids is not None:
+            for candidate_id in candidate_ids:
+                check_candidate_id(candidate_id)
+            unique = list(dict.fromkeys(candidate_ids))  # each session acted on once
+            if len(unique) > bound:
+                raise InvalidInput(
+                    f"at most {bound} sessions per bulk action", field="candidate_ids", limit=bound
+                )
+            return unique
+        assert where is not None
+        since, until = where.started_since, where.started_until
+        if since is not None and until is not None and since > until:
+            raise InvalidInput("started_since is after started_until", field="filter")
+        found = await self.store.select_sessions(
+            status=where.status, since=since, until=until, limit=bound + 1
+        )
+        if len(found) > bound:
+            raise InvalidInput(
+                f"the filter matches more than {bound} sessions; narrow it",
+                field="filter",
+                limit=bound,
+            )
+        return found
 
     async def list_sessions(
         self, *, limit: int, status: Status | None = None, after: tuple[datetime, str] | None = None

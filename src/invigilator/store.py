@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from invigilator import sql
 from invigilator.db.connector import Cursor, Row, autocommit, transaction, translate_errors
-from invigilator.db.rows import ended_error, to_ended, to_event, to_session
+from invigilator.db.rows import ended_error, to_ended, to_event, to_incident, to_session
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
     Accommodations,
@@ -30,6 +30,7 @@ from invigilator.domain import (
     Clock,
     Ended,
     Event,
+    Incident,
     InvalidInput,
     InvigilatorError,
     Method,
@@ -45,6 +46,7 @@ from invigilator.domain import (
     SessionNotFound,
     SessionPolicy,
     SessionPurged,
+    Severity,
     Status,
     TimeUp,
 )
@@ -549,6 +551,26 @@ class SessionStore:
             reason=reason,
         )
 
+    async def record_incident(
+        self, candidate_id: str, severity: Severity, reason_code: str, note: str, *, actor: str
+    ) -> Incident:
+        """Record an incident on a running or ended session. A due session is ended first
+        (lazy expiry), so the session.flagged webhook shows it as it truly is."""
+        async with transaction(self.pool) as cur:
+            await self._finalize(cur, [candidate_id], "system")
+            row = await self._fetch_one(
+                cur,
+                "record_incident",
+                candidate_id=candidate_id,
+                actor=actor,
+                severity=severity.value,
+                reason_code=reason_code,
+                note=note,
+            )
+        if row is None:
+            raise SessionNotFound(f"no test session for candidate {candidate_id!r}")
+        return to_incident(row)
+
     async def finalize_due(self, limit: int, *, actor: str = "sweeper") -> list[Ended]:
         """End up to `limit` due sessions in one transaction; safe with many sweepers (each
         locks its pick, skipping rows another holds)."""
@@ -593,6 +615,26 @@ class SessionStore:
                 },
             )
             return [to_session(row) for row in await cur.fetchall()]
+
+    async def select_sessions(
+        self,
+        *,
+        status: Status | None,
+        since: datetime | None,
+        until: datetime | None,
+        limit: int,
+    ) -> list[str]:
+        async with transaction(self.pool) as cur:
+            await cur.execute(
+                Q["select_sessions"],
+                {
+                    "status": status.value if status else None,
+                    "since": since,
+                    "until": until,
+                    "limit": limit,
+                },
+            )
+            return [row["candidate_id"] for row in await cur.fetchall()]
 
     async def events(self, candidate_id: str) -> list[Event]:
         async with transaction(self.pool) as cur:

@@ -31,6 +31,10 @@ _NAME = re.compile(NAME_PATTERN[1:-1])
 MAX_PAGE_ID_LENGTH = 64  # mirrors CHECK test_session_page_id_check (migration 0007)
 MAX_USER_AGENT_LENGTH = 512  # kept of a page's User-Agent header: a device, not a document
 MAX_SEQ = 2**53 - 1  # the largest integer a browser's JSON numbers hold exactly
+#: An incident's reason code is a name (what a host app files and counts by, e.g.
+#: `second_person`); its note is free text, bounded. The incidents migration states the same.
+MAX_REASON_CODE_LENGTH = 64
+MAX_NOTE_LENGTH = 2000
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,8 @@ class Limits:
     max_answers_per_save: int
     max_sections: int
     max_json_depth: int
+    max_bulk_sessions: int
+    bulk_concurrency: int  # not an input limit, but the service's one other bound on a bulk
 
 
 def is_name(value: object, max_length: int = MAX_NAME_LENGTH) -> bool:
@@ -86,6 +92,20 @@ def check_page_id(value: str) -> str:
             field="page_id",
         )
     return value
+
+
+def check_incident(reason_code: str, note: str) -> None:
+    """An incident's reason code (the name alphabet, up to MAX_REASON_CODE_LENGTH) and note
+    (text up to MAX_NOTE_LENGTH characters, no NUL)."""
+    if not is_name(reason_code, MAX_REASON_CODE_LENGTH):
+        raise InvalidInput(
+            f"reason_code must be 1–{MAX_REASON_CODE_LENGTH} of the characters "
+            f"{NAME_CHARACTERS}, with a letter or digit",
+            field="reason_code",
+        )
+    if len(note) > MAX_NOTE_LENGTH:
+        raise InvalidInput(f"note must be at most {MAX_NOTE_LENGTH} characters", field="note")
+    _check_text(note, "note")
 
 
 def _check_text(value: str, where: str) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, StringConstraints, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints, model_validator
 
 from invigilator.domain import (
     MAX_ACCOMMODATION_MINUTES,
@@ -17,13 +17,22 @@ from invigilator.domain import (
     MAX_TIME_MULTIPLIER,
     MIN_DURATION_MINUTES,
     AtDeadline,
+    Incident,
     Pages,
     Policy,
     Session,
+    Status,
     TabClosePolicy,
 )
 from invigilator.domain import Clock as DomainClock
-from invigilator.validation import MAX_NAME_LENGTH, MAX_PAGE_ID_LENGTH, MAX_SEQ, NAME_PATTERN
+from invigilator.validation import (
+    MAX_NAME_LENGTH,
+    MAX_NOTE_LENGTH,
+    MAX_PAGE_ID_LENGTH,
+    MAX_REASON_CODE_LENGTH,
+    MAX_SEQ,
+    NAME_PATTERN,
+)
 from invigilator.views import Clock as Clock
 from invigilator.views import SessionOut as SessionOut
 from invigilator.views import SessionWithAnswers as SessionWithAnswers
@@ -47,6 +56,11 @@ PAGE_ID_DESCRIPTION = (
     "it the page rule does not apply (a caller that is no page)."
 )
 PAGE_ID_FIELD = Field(None, description=PAGE_ID_DESCRIPTION)
+ReasonCode = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_REASON_CODE_LENGTH, pattern=NAME_PATTERN)
+]
+Note = Annotated[str, StringConstraints(max_length=MAX_NOTE_LENGTH)]
+SeverityName = Literal["low", "medium", "high"]
 
 
 # --- staff requests -----------------------------------------------------------------------
@@ -141,6 +155,62 @@ class EndRequest(BaseModel):
     reason: Reason = ""
 
 
+class IncidentRequest(BaseModel):
+    severity: SeverityName
+    reason_code: ReasonCode = Field(
+        description="What happened, as a name the host app counts by (e.g. `second_person`)."
+    )
+    note: Note = ""
+
+
+class BulkFilter(BaseModel):
+    status: Status | None = None
+    started_since: AwareDatetime | None = Field(None, description="Started at or after.")
+    started_until: AwareDatetime | None = Field(None, description="Started before.")
+
+
+class _BulkTargets(BaseModel):
+    candidate_ids: list[CandidateId] | None = Field(
+        None, description="The sessions, by candidate; a repeated id is acted on once."
+    )
+    filter: BulkFilter | None = Field(None, description="Or: the sessions that match this.")
+
+
+class BulkPause(_BulkTargets):
+    action: Literal["pause"]
+    reason: Reason = ""
+
+
+class BulkResume(_BulkTargets):
+    action: Literal["resume"]
+    reason: Reason = ""
+
+
+class BulkExtend(_BulkTargets):
+    action: Literal["extend"]
+    minutes: int = Field(ge=1, le=MAX_EXTENSION_MINUTES, strict=True)
+    reason: Reason = ""
+
+
+class BulkEnd(_BulkTargets):
+    action: Literal["end"]
+    outcome: Literal["submit", "terminate"]
+    reason: Reason = ""
+
+
+class BulkIncident(_BulkTargets):
+    action: Literal["incident"]
+    severity: SeverityName
+    reason_code: ReasonCode
+    note: Note = ""
+
+
+# One model per action (the OpenAPI document shows each action's fields).
+BulkRequest = Annotated[
+    BulkPause | BulkResume | BulkExtend | BulkEnd | BulkIncident, Field(discriminator="action")
+]
+
+
 # --- candidate requests -------------------------------------------------------------------
 
 
@@ -221,6 +291,47 @@ class PageClaimResponse(SessionWithAnswers):
 
 class CompleteResponse(SessionWithAnswers):
     already_ended: bool = Field(description="True when an earlier completion had ended it.")
+
+
+class IncidentOut(BaseModel):
+    id: int
+    candidate_id: str
+    at: datetime
+    actor: str
+    severity: SeverityName
+    reason_code: str
+    note: str
+
+
+def incident_out(incident: Incident) -> IncidentOut:
+    return IncidentOut(
+        id=incident.id,
+        candidate_id=incident.candidate_id,
+        at=incident.at,
+        actor=incident.actor,
+        severity=incident.severity.value,
+        reason_code=incident.reason_code,
+        note=incident.note,
+    )
+
+
+class BulkItemOut(BaseModel):
+    candidate_id: str
+    result: Literal["changed", "unchanged", "refused"] = Field(
+        description="`unchanged`: a harmless repeat (ending an ended session)."
+    )
+    status: Status | None = Field(description="The session's status afterwards, when known.")
+    code: str | None = Field(description="Why it was refused: the problem code of its route.")
+    message: str | None
+
+
+class BulkOut(BaseModel):
+    action: str
+    requested: int = Field(description="Sessions acted on (each once): the items.")
+    changed: int
+    unchanged: int
+    refused: int
+    items: list[BulkItemOut]
 
 
 class EventOut(BaseModel):

@@ -191,6 +191,13 @@ def render_summary(s: Summary, live: Live | None = None) -> RenderableType:
     share = s["duration_share"]
     overview.add_row("share of allowed time used: mean", charts.pct(share["mean"]))
     overview.add_row("  median", charts.pct(share["median"]))
+    flagged = s["flagged"]
+    severities = ", ".join(f"{k} {n:,}" for k, n in flagged["by_severity"].items() if n)
+    overview.add_row(
+        "flagged (with an incident)",
+        f"{flagged['total']:,} ({charts.pct(flagged['share'])})"
+        + (f": {severities}" if severities else ""),
+    )
     if s["overdue_unswept"]:
         overview.add_row(
             "[dim]ended but not yet swept (counted as ended)[/dim]", f"{s['overdue_unswept']:,}"

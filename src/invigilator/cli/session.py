@@ -1,12 +1,14 @@
 """`invigilator session show`: one candidate's session and its timeline, as tables or JSON.
 Answer contents are never printed: only which questions have an answer.
 `invigilator session erase`: the right to erasure, as the staff API's DELETE does it.
+`invigilator session incident`: record an incident, as the staff API's POST …/incidents does.
 `invigilator session pause|resume|reopen|extend`: the staff controls, as the API's routes do
 them (one service call each), signed `cli` in the timeline."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Awaitable, Callable
@@ -28,8 +30,10 @@ from invigilator.domain import (
     MAX_EXTENSION_MINUTES,
     MAX_REOPEN_MINUTES,
     Event,
+    Incident,
     Session,
     SessionNotFound,
+    Severity,
 )
 from invigilator.privacy import Erasure
 from invigilator.service import Sessions
@@ -221,6 +225,48 @@ def session_extend(
         database_url,
         lambda s: s.extend(candidate_id, minutes, actor="cli", reason=reason),
     )
+
+
+@session_app.command("incident", short_help="Record an incident (an irregularity) on a session.")
+def session_incident(
+    candidate_id: Annotated[str, typer.Argument(help="The candidate whose session it is.")],
+    severity: Annotated[
+        Severity, typer.Option("--severity", help="How serious it is.", case_sensitive=False)
+    ],
+    reason_code: Annotated[
+        str, typer.Option("--reason-code", help="What happened, as a name (e.g. second_person).")
+    ],
+    note: Annotated[str, typer.Option("--note", help="Free text for the timeline.")] = "",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the incident as JSON.")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Record an incident on a running or ended session: it goes in the timeline (actor
+    `cli`), flags the session on the dashboard and in the report, and sends session.flagged.
+
+    Exit code 1 when the candidate has no session or the input is refused.
+    """
+    settings = Settings()
+    db = database(database_url, settings)
+    migrate_embedded(db)
+    try:
+        incident = asyncio.run(_incident(db, settings, candidate_id, severity, reason_code, note))
+    except SessionNotFound:
+        raise CommandFailed(f"no test session for candidate {candidate_id!r}") from None
+    if as_json:
+        payload = {**dataclasses.asdict(incident), "at": incident.at.isoformat()}
+        sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+        return
+    out.print(
+        f"incident {incident.id} on {candidate_id}: {incident.severity} {incident.reason_code}",
+        highlight=False,
+    )
+
+
+async def _incident(
+    db: Database, settings: Settings, candidate_id: str, severity: Severity, code: str, note: str
+) -> Incident:
+    async with open_sessions(db, settings) as sessions:
+        return await sessions.record_incident(candidate_id, severity, code, note, actor="cli")
 
 
 async def _erase(db: Database, settings: Settings, candidate_id: str) -> Erasure:

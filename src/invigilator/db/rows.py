@@ -9,11 +9,13 @@ from invigilator.domain import (
     AtDeadline,
     Ended,
     Event,
+    Incident,
     Method,
     Pages,
     Session,
     SessionEnded,
     SessionPolicy,
+    Severity,
     Status,
     TabClosePolicy,
 )
@@ -80,6 +82,18 @@ def to_event(row: Row) -> Event:
         at=row["at"],
         actor=row["actor"],
         detail=row["detail"],
+    )
+
+
+def to_incident(row: Row) -> Incident:
+    return Incident(
+        id=row["id"],
+        candidate_id=str(row["candidate_id"]),
+        at=row["at"],
+        actor=row["actor"],
+        severity=Severity(row["severity"]),
+        reason_code=row["reason_code"],
+        note=row["note"],
     )
 
 

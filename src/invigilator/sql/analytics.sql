@@ -101,6 +101,23 @@ WITH stored AS (
                     WHERE e.candidate_id = s.leaver_id
                       AND e.type IN ('focus_lost', 'tab_hidden')
                       AND e.at <= s.leaver_end)
+), flagged AS (
+    -- Sessions of the window with at least one incident, by their most serious one: read from
+    -- the incidents (few) recorded since the window began (none is older than its session),
+    -- by idx_test_session_incident_at, each joined to its session's start.
+    SELECT count(*) AS sessions, coalesce(sum(f.n), 0)::bigint AS incidents,
+           count(*) FILTER (WHERE f.worst = 1) AS low,
+           count(*) FILTER (WHERE f.worst = 2) AS medium,
+           count(*) FILTER (WHERE f.worst = 3) AS high
+      FROM (SELECT i.candidate_id, count(*) AS n,
+                   max(array_position(ARRAY['low', 'medium', 'high']::text[], i.severity::text))
+                       AS worst
+              FROM test_session_incident i
+              JOIN test_session t ON t.candidate_id = i.candidate_id
+             WHERE i.at >= %(since)s::timestamptz
+               AND t.test_start_time >= %(since)s::timestamptz
+               AND t.test_start_time < %(until)s::timestamptz
+             GROUP BY i.candidate_id) f
 ), totals AS (
     SELECT count(*) AS total,
            count(*) FILTER (WHERE status = 'active') AS active,
@@ -261,6 +278,11 @@ SELECT json_build_object(
         'focus_lost_before', json_build_object(
             'count', t.gave_up_focus,
             'share', round(t.gave_up_focus::numeric / nullif(t.gave_up, 0), 4))),
+    'flagged', json_build_object(
+        'total', fl.sessions,
+        'share', round(fl.sessions::numeric / nullif(t.total, 0), 4),
+        'incidents', fl.incidents,
+        'by_severity', json_build_object('low', fl.low, 'medium', fl.medium, 'high', fl.high)),
     'daily', dl.j,
     'multiple_devices', json_build_object(
         'sessions', sp.either,
@@ -269,7 +291,7 @@ SELECT json_build_object(
         'addresses', sp.addresses)
 ) AS summary
   FROM totals t, duration_histogram dh, funnel fu, by_minute bm, by_hour bh, by_weekday bw,
-       daily dl, spread sp;
+       flagged fl, daily dl, spread sp;
 
 -- live --
 -- Running sessions (active and not yet due), with time left and silence; the silent first.
@@ -288,9 +310,20 @@ WITH live AS MATERIALIZED (
            jsonb_array_length(t.sections_completed) AS sections_completed,
            t.tab_closed_at IS NOT NULL AS tab_closed,
            spread.devices, spread.addresses,
-           spread.devices > 1 OR spread.addresses > 1 AS multiple_devices
-      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c,
-           test_session_page_spread(t.candidate_id) AS spread
+           spread.devices > 1 OR spread.addresses > 1 AS multiple_devices,
+           coalesce(f.n, 0) AS incidents,
+           (ARRAY['low', 'medium', 'high']::text[])[f.worst] AS flag
+      FROM test_session t
+     CROSS JOIN invigilator_rules(%(policy)s::jsonb) AS c
+     CROSS JOIN test_session_page_spread(t.candidate_id) AS spread
+      -- one index probe per running session (idx_test_session_incident_session)
+      LEFT JOIN LATERAL (
+          SELECT count(*) AS n,
+                 max(array_position(ARRAY['low', 'medium', 'high']::text[], i.severity::text))
+                     AS worst
+            FROM test_session_incident i
+           WHERE i.candidate_id = t.candidate_id
+      ) f ON true
      WHERE t.status = 'active'
        AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                              t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
@@ -301,6 +334,7 @@ SELECT json_build_object(
     'silent_after_seconds', date_part('epoch', %(silent_after)s::interval),
     'count', (SELECT count(*) FROM live),
     'silent', (SELECT count(*) FROM live WHERE silent),
+    'flagged', (SELECT count(*) FROM live WHERE incidents > 0),
     'sessions', coalesce((
         SELECT json_agg(l ORDER BY l.silent DESC, l.seconds_since_heartbeat DESC, l.candidate_id)
           FROM (SELECT * FROM live

@@ -71,7 +71,8 @@ SELECT audit.erasure_id, audit.erased_at, audit.actor, audit.session_status,
 
 -- purge_ended --
 -- Retention: for up to `limit` sessions that ended more than `keep` ago, remove the answers,
--- the page claims and the timeline (and logged webhook deliveries, which hold snapshots of the session). The
+-- the page claims, the timeline (and logged webhook deliveries, which hold snapshots of the
+-- session) and the notes of its incidents. The
 -- session row stays, so every count of its columns (status, method, times, sections) stays.
 -- Oldest first, by idx_test_session_retention; rows another sweeper holds are skipped.
 WITH due AS (
@@ -97,6 +98,11 @@ WITH due AS (
     -- a page's device and address are personal data too (migration 0007)
     DELETE FROM test_session_page p USING due
      WHERE p.candidate_id = due.candidate_id
+), notes AS (
+    -- an incident's note is free text that may name people; its severity and reason stay
+    UPDATE test_session_incident i SET note = ''
+      FROM due
+     WHERE i.candidate_id = due.candidate_id AND i.note <> ''
 ), purged AS (
     UPDATE test_session t
        SET pending_answers = '{}'::jsonb, answer_seq = '{}'::jsonb, purged_at = now()

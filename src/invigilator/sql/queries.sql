@@ -356,6 +356,15 @@ UPDATE test_session t
                          t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
 RETURNING t.*, c.at AS server_now;
 
+-- record_incident --
+-- An incident on a session, running or ended (its trigger writes the timeline event and the
+-- session.flagged webhook). Returns nothing when there is no such session.
+INSERT INTO test_session_incident (candidate_id, actor, severity, reason_code, note)
+SELECT t.candidate_id, %(actor)s, %(severity)s, %(reason_code)s, %(note)s
+  FROM test_session t
+ WHERE t.candidate_id = %(candidate_id)s
+RETURNING id, candidate_id, at, actor, severity, reason_code, note;
+
 -- find_due --
 -- The sweeper's pick: up to `limit` active sessions that are due, earliest first, locked and
 -- skipping rows another sweeper holds (they are that sweeper's batch).
@@ -426,6 +435,17 @@ SELECT t.*, now() AS server_now
    AND (%(after_start)s::timestamptz IS NULL
         OR (t.test_start_time, t.candidate_id::text) < (%(after_start)s::timestamptz, %(after_id)s::text))
  ORDER BY t.test_start_time DESC, t.candidate_id::text DESC
+ LIMIT %(limit)s;
+
+-- select_sessions --
+-- The sessions a bulk action's filter names: by stored status and by start in [since, until),
+-- oldest start first, at most `limit` (the caller asks for one more than it allows).
+SELECT t.candidate_id::text AS candidate_id
+  FROM test_session t
+ WHERE (%(status)s::text IS NULL OR t.status = %(status)s::text)
+   AND (%(since)s::timestamptz IS NULL OR t.test_start_time >= %(since)s::timestamptz)
+   AND (%(until)s::timestamptz IS NULL OR t.test_start_time < %(until)s::timestamptz)
+ ORDER BY t.test_start_time, t.candidate_id::text
  LIMIT %(limit)s;
 
 -- list_events --

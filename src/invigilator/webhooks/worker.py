@@ -76,6 +76,8 @@ def render_body(delivery: Claimed) -> bytes:
         body["erasure"] = delivery.payload["erasure"]
     else:
         body["session"] = session_view(delivery.payload)
+    if delivery.type == "session.flagged":  # the incident that flagged it (the incidents migration)
+        body["incident"] = delivery.payload["incident"]
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -1,5 +1,5 @@
 """Staff API: start sessions, list and read them, extend time, pause, resume, reopen, change
-accommodations, end them. Bearer staff key.
+accommodations, end them, record incidents, and act on many at once. Bearer staff key.
 Each route turns HTTP into one call of the service (invigilator.service) and back."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from invigilator.api import schemas, tokens
 from invigilator.api.deps import CandidateIdPath, RuntimeDep, SessionsDep, StaffDep
 from invigilator.api.problems import responses
+from invigilator.bulk import Filter, Report
 from invigilator.domain import InvalidInput, Status
 
 router = APIRouter(prefix="/api/v1/sessions", tags=["staff"], responses=responses(401, 422, 503))
@@ -84,6 +85,47 @@ async def start_session(
     token, expires = tokens.for_session(started.session, runtime.policy, runtime.secret_key)
     return schemas.StartResponse(
         **schemas.session_fields(started.session), token=token, token_expires_at=expires
+    )
+
+
+@router.post("/bulk", response_model=schemas.BulkOut, responses=responses(403, 413))
+async def bulk_action(
+    body: schemas.BulkRequest, staff: StaffDep, sessions: SessionsDep
+) -> schemas.BulkOut:
+    """Apply one action (`pause`, `resume`, `extend`, `end`, `incident`) to many sessions:
+    those named by `candidate_ids`, or those matching `filter`. Each session is changed on its
+    own, exactly once, as its single-session route would change it; a refusal for one (ended,
+    unknown) is its item's result and changes nothing for the others. The reply has one item
+    per session, in order. More sessions than `INVIGILATOR_BULK_MAX_SESSIONS` (1000) is a
+    422."""
+    where = None
+    if body.filter is not None:
+        f = body.filter
+        where = Filter(f.status, f.started_since, f.started_until)
+    fields = body.model_dump(exclude={"action", "candidate_ids", "filter"})
+    report = await sessions.bulk(
+        body.action, fields, actor=staff.actor, candidate_ids=body.candidate_ids, where=where
+    )
+    return _bulk_out(report)
+
+
+def _bulk_out(report: Report) -> schemas.BulkOut:
+    return schemas.BulkOut(
+        action=report.action,
+        requested=len(report.items),
+        changed=report.count("changed"),
+        unchanged=report.count("unchanged"),
+        refused=report.count("refused"),
+        items=[
+            schemas.BulkItemOut(
+                candidate_id=i.candidate_id,
+                result=i.result,
+                status=i.status,
+                code=i.code,
+                message=i.message,
+            )
+            for i in report.items
+        ],
     )
 
 
@@ -253,6 +295,27 @@ async def end_session(
             candidate_id, body.outcome, actor=staff.actor, reason=body.reason
         )
     )
+
+
+@router.post(
+    "/{candidate_id}/incidents",
+    response_model=schemas.IncidentOut,
+    status_code=201,
+    responses=responses(403, 404, 413),
+)
+async def record_incident(
+    candidate_id: CandidateIdPath,
+    body: schemas.IncidentRequest,
+    staff: StaffDep,
+    sessions: SessionsDep,
+) -> schemas.IncidentOut:
+    """Record an incident (an irregularity) on a session, running or ended: it is in the
+    timeline, flags the session on the dashboard and in the report, and sends
+    `session.flagged`. The session's clock and outcome do not change."""
+    incident = await sessions.record_incident(
+        candidate_id, body.severity, body.reason_code, body.note, actor=staff.actor
+    )
+    return schemas.incident_out(incident)
 
 
 class ErasureOut(BaseModel):

@@ -27,6 +27,7 @@ EventType = Literal[
     "session.paused",
     "session.resumed",
     "session.reopened",
+    "session.flagged",
 ]
 
 
