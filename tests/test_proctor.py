@@ -353,6 +353,7 @@ async def test_the_stored_policy_is_the_sessions_own_and_shown_in_its_timeline(
         "tab_close": "submit",
         "at_deadline": "abandon",
         "grace_seconds": 300,
+        "pages": "single",
     }
     assert started.detail["accommodations"] == {"time_multiplier": 1.25, "extra_minutes": 5}
 

@@ -47,6 +47,7 @@ async def test_start_takes_a_policy_and_accommodations_and_shows_them(api: Api) 
         "tab_close": "ignore",
         "at_deadline": "grace",
         "grace_seconds": 90.0,
+        "pages": "single",
     }
     assert data["accommodations"] == {"time_multiplier": 1.5, "extra_minutes": 10}
     start = datetime.fromisoformat(data["test_start_time"])
