@@ -38,7 +38,9 @@ def test_swagger_ui_renders_offline(
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.on("console", lambda m: errors.append(m.text) if "Content Security" in m.text else None)
     page.goto(live_server.url("/docs"))
-    expect(page.locator(".swagger-ui .info .title")).to_contain_text("Invigilator")
+    # Rendering parses the whole OpenAPI document in the page: seconds on a busy 2-core machine.
+    title = page.locator(".swagger-ui .info .title")
+    expect(title).to_contain_text("Invigilator", timeout=30_000)
     expect(page.locator(".opblock-tag-section").first).to_be_visible()  # the operations
     expect(page.locator("#operations-staff-start_session")).to_be_visible()
     page.screenshot(path=str(artifacts / "docs-offline.png"), full_page=False)
@@ -53,7 +55,8 @@ def test_redoc_renders_offline(
     console: list[str] = []
     page.on("console", lambda message: console.append(message.text))
     page.goto(live_server.url("/redoc"))
-    expect(page.locator("h1").first).to_contain_text("Invigilator")
+    # Redoc parses the whole OpenAPI document in the page: seconds on a busy 2-core machine.
+    expect(page.locator("h1").first).to_contain_text("Invigilator", timeout=30_000)
     expect(page.get_by_role("menuitem", name="staff")).to_be_visible()
     page.screenshot(path=str(artifacts / "redoc-offline.png"), full_page=False)
     assert blocked == []  # its logo is refused by the page's CSP before any request
