@@ -1874,11 +1874,11 @@ $sql$;
 INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (9, 'incidents', '8dd66e3c27407b3cf73c0b647daee76e22a839e9f97bf747dc6da4f88403cb8d') ON CONFLICT (version) DO NOTHING;
 
 -- 0010 answer totals: the per-session size limit checked at the cost of this save, not of
--- every answer the session holds. The save statement kept summing the session's answer rows
--- to check the limit: a cost that grows with the number of questions (a hostile client can
--- make tens of thousands of tiny ones within the byte limit). One narrow row per session now
--- holds the sum, and the save statement moves it by what it replaces. Idempotent, like the
--- others.
+-- every answer the session holds; and an index for the sweeper's pick of lagging mirrors.
+-- The save statement kept summing the session's answer rows to check the limit: a cost that
+-- grows with the number of questions (a hostile client can make tens of thousands of tiny ones
+-- within the byte limit). One narrow row per session now holds the sum, and the save
+-- statement moves it by what it replaces. Idempotent, like the others.
 
 -- The sum of (bytes + octet_length(question)) over the session's answer rows: what the
 -- per-session limit counts. Every change to a session's answer rows updates this row in the
@@ -1920,7 +1920,15 @@ SELECT a.candidate_id, sum(a.bytes + octet_length(a.question))
     ON CONFLICT (candidate_id) DO UPDATE SET bytes = excluded.bytes
  WHERE test_session_answer_total.bytes IS DISTINCT FROM excluded.bytes
 $sql$;
-INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (10, 'answer_totals', '787796472f3e4ab01d3bc7a3dc158c68f09277955bc0fc9466e30ffa329ef17f') ON CONFLICT (version) DO NOTHING;
+
+-- The sweeper takes the lagging mirrors one session per transaction, oldest first: an index,
+-- so each pick reads one entry instead of sorting every lagging session. A save adds an entry
+-- only when its session joins the list (once per refresh), not at every save.
+EXECUTE $sql$
+CREATE INDEX IF NOT EXISTS idx_test_session_answer_unsynced_since
+    ON test_session_answer_unsynced (since)
+$sql$;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (10, 'answer_totals', 'e54a947594cdb77e1317f8e9c697b51622c09047f906ab5b678a4f6af4f11510') ON CONFLICT (version) DO NOTHING;
 END
 $invigilator$;
 COMMIT;

@@ -114,7 +114,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def wal(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    row = conn.execute("SELECT pg_current_wal_insert_lsn() - '0/0'::pg_lsn").fetchone()
     assert row is not None
     return int(row[0])
 
@@ -159,7 +159,9 @@ def add_session(conn: psycopg.Connection[Any], cid: str, answers: dict[str, str]
     )
 
 
-def measure_sql(url: str, saves: int, rounds: int) -> list[dict[str, Any]]:
+def measure_sql(
+    url: str, saves: int, rounds: int, sizes: tuple[int, ...] = SIZES_KB
+) -> list[dict[str, Any]]:
     """PostgreSQL CPU and WAL per save, one client, for the three storages and each size."""
     rng = random.Random(7)
     params = Settings().policy().sql_params()
@@ -178,7 +180,7 @@ def measure_sql(url: str, saves: int, rounds: int) -> list[dict[str, Any]]:
             "CREATE TABLE bench_floor (candidate_id text, question text, value jsonb,"
             " seq bigint, PRIMARY KEY (candidate_id, question))"
         )
-        for kb in SIZES_KB:
+        for kb in sizes:
             answers = session_answers(rng, kb)
             cids = {
                 "rows": f"sql-rows-{kb}",
@@ -332,7 +334,12 @@ def server_env(tmp: Path, secret: str, admin: str, storage: str = "rows") -> dic
 
 
 def measure_api(
-    pg: common.Postgres, url: str, seconds: float, rounds: int, tmp: Path
+    pg: common.Postgres,
+    url: str,
+    seconds: float,
+    rounds: int,
+    tmp: Path,
+    sizes: tuple[int, ...] = SIZES_KB,
 ) -> list[dict[str, Any]]:
     """Saves/s by size through the API; each size `rounds` times, the median round kept."""
     admin, secret = secrets.token_urlsafe(24), secrets.token_urlsafe(32)
@@ -341,12 +348,12 @@ def measure_api(
     # The closed loop saves far faster than any candidate: the per-candidate limit would
     # answer 429 (it has its own tests).
     env["INVIGILATOR_RATE_LIMIT_CANDIDATE_PER_MINUTE"] = "0"
-    by_size: dict[int, list[dict[str, Any]]] = {kb: [] for kb in SIZES_KB}
+    by_size: dict[int, list[dict[str, Any]]] = {kb: [] for kb in sizes}
     with common.Server(
         server_argv(url, port, 1), env, port, "/healthz", log=tmp / "api.log"
     ) as server:
         for _ in range(rounds):
-            for kb in SIZES_KB:
+            for kb in sizes:
                 row = asyncio.run(api_round(server.base_url, admin, kb, seconds, pg, server.root()))
                 print(f"api {kb} KB: {json.dumps(row)}", file=sys.stderr, flush=True)
                 by_size[kb].append(row)
@@ -371,6 +378,7 @@ class MixedConfig:
     templates: int = TEMPLATES
     max_kb: int = 1000
     min_kb: int = 30
+    mirror_delay: float | None = None  # INVIGILATOR_ANSWERS_MIRROR_DELAY_SECONDS; None: default
 
 
 def fill_mixed(conn: psycopg.Connection[Any], storage: str, n: int, cfg: MixedConfig) -> None:
@@ -473,6 +481,8 @@ def mixed_storage(pg: common.Postgres, storage: str, cfg: MixedConfig, tmp: Path
     edits_file.write_text(json.dumps([code(rng, EDIT_BYTES) for _ in range(64)]))
     port = common.free_port()
     env = server_env(tmp, secret, admin, storage)
+    if cfg.mirror_delay is not None:
+        env["INVIGILATOR_ANSWERS_MIRROR_DELAY_SECONDS"] = str(cfg.mirror_delay)
     steps: list[dict[str, Any]] = []
     log = tmp / f"mixed-{storage}.log"
     with common.Server(
@@ -549,6 +559,9 @@ def measure_mixed(pg: common.Postgres, cfg: MixedConfig, tmp: Path) -> dict[str,
             "answers_kb": [cfg.min_kb, cfg.max_kb],
             "p99_goal_ms": P99_GOAL_MS,
             "ladders": cfg.ladders,
+            "mirror_delay_s": cfg.mirror_delay
+            if cfg.mirror_delay is not None
+            else Settings().answers_mirror_delay_seconds,
         }
     }
     for storage in cfg.ladders:
@@ -645,6 +658,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jsonb-ladder", type=_ladder, default=None)
     parser.add_argument("--mixed-seconds", type=float, default=None)
     parser.add_argument("--mixed-warmup", type=float, default=None)
+    parser.add_argument(
+        "--mirror-delay", type=float, default=None, help="the rows server's mirror delay (s)"
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
@@ -657,6 +673,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         warmup=args.mixed_warmup or (10.0 if args.quick else 20.0),
         seconds=args.mixed_seconds or (20.0 if args.quick else 40.0),
+        mirror_delay=args.mirror_delay,
     )
     result: dict[str, Any] = {"saves_per_size": saves, "rounds": rounds}
     with common.postgres() as pg, tempfile.TemporaryDirectory() as tmp:

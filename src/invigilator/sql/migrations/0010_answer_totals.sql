@@ -1,9 +1,9 @@
 -- 0010 answer totals: the per-session size limit checked at the cost of this save, not of
--- every answer the session holds. The save statement kept summing the session's answer rows
--- to check the limit: a cost that grows with the number of questions (a hostile client can
--- make tens of thousands of tiny ones within the byte limit). One narrow row per session now
--- holds the sum, and the save statement moves it by what it replaces. Idempotent, like the
--- others.
+-- every answer the session holds; and an index for the sweeper's pick of lagging mirrors.
+-- The save statement kept summing the session's answer rows to check the limit: a cost that
+-- grows with the number of questions (a hostile client can make tens of thousands of tiny ones
+-- within the byte limit). One narrow row per session now holds the sum, and the save
+-- statement moves it by what it replaces. Idempotent, like the others.
 
 -- The sum of (bytes + octet_length(question)) over the session's answer rows: what the
 -- per-session limit counts. Every change to a session's answer rows updates this row in the
@@ -43,3 +43,9 @@ SELECT a.candidate_id, sum(a.bytes + octet_length(a.question))
  GROUP BY a.candidate_id
     ON CONFLICT (candidate_id) DO UPDATE SET bytes = excluded.bytes
  WHERE test_session_answer_total.bytes IS DISTINCT FROM excluded.bytes;
+
+-- The sweeper takes the lagging mirrors one session per transaction, oldest first: an index,
+-- so each pick reads one entry instead of sorting every lagging session. A save adds an entry
+-- only when its session joins the list (once per refresh), not at every save.
+CREATE INDEX IF NOT EXISTS idx_test_session_answer_unsynced_since
+    ON test_session_answer_unsynced (since);
