@@ -84,3 +84,11 @@ def test_answers_bench_runs_its_three_parts_at_tiny_sizes(
         assert step["requests"] > 0, storage
         assert step["errors"] == 0 and step["warmup_errors"] == 0, (storage, step["statuses"])
     assert "rows" in answers.render_mixed(mixed)
+
+
+def test_memory_bench_measures_the_per_candidate_state() -> None:
+    from bench import memory
+
+    result = memory.measure(200)
+    assert result["verified_token_bytes_per_candidate"] > 0
+    assert result["rate_limit_bucket_bytes_per_candidate"] > 0
