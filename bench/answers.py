@@ -2,7 +2,7 @@
 
 Part 1, `sql` and `api`: what one ~2 KB edit costs as the session's answers grow from 3 KB to
 900 KB, with today's storage (`rows`: one row per question, migration 0006, and the running
-total of migration 0007; the store's own statement) and, measured in the same run on the same
+total of migration 0009; the store's own statement) and, measured in the same run on the same
 server, the two baselines:
 
 - `jsonb`: the storage before it — every save rewrites one JSONB value per session, the
@@ -219,9 +219,9 @@ def measure_sql(
                         row = conn.execute(
                             statement,
                             {**params, "candidate_id": cid, "answers": Jsonb({question: value}),
-                             "seq": seq, "max_total_bytes": MAX_ANSWERS_BYTES},
+                             "seq": seq, "max_total_bytes": MAX_ANSWERS_BYTES, "page_id": None},
                         ).fetchone()  # fmt: skip
-                        assert row is not None and row[4], (name, row and row[:6])
+                        assert row is not None and row[5], (name, row and row[:7])
                     runs[name].append(
                         ((cpu_ns(pid) - cpu0) / 1e6 / saves, (wal(conn) - wal0) / saves)
                     )
