@@ -2,7 +2,7 @@
 
 Part 1, `sql` and `api`: what one ~2 KB edit costs as the session's answers grow from 3 KB to
 900 KB, with today's storage (`rows`: one row per question, migration 0006, and the running
-total of migration 0009; the store's own statement) and, measured in the same run on the same
+total of migration 0010; the store's own statement) and, measured in the same run on the same
 server, the two baselines:
 
 - `jsonb`: the storage before it — every save rewrites one JSONB value per session, the
