@@ -13,11 +13,19 @@ scenario runs it without this shim.
 
     python -m bench.launch invigilator serve --workers 2 …
     python -m bench.launch uvicorn bench.baseline_app:app --workers 2 …
+
+BENCH_ANSWER_STORAGE=jsonb makes Invigilator save answers as it did before migration 0006
+(bench/jsonb_storage.py): bench.answers' baseline.
 """
 
 from __future__ import annotations
 
 import sys
+
+from bench import jsonb_storage
+
+# At import, so that the spawned workers (which import this module again) get it too.
+jsonb_storage.install_if_asked()
 
 
 def patch_uvicorn() -> None:

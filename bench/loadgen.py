@@ -11,8 +11,11 @@ Two modes, both rotating over candidates (each request carries that candidate's 
   answered (what wrk does; used when wrk is not installed).
 
 A share of the requests are answer saves (PATCH .../answers with an increasing seq) instead of
-heartbeats. Prints one JSON object on stdout. Keep-alive connections, a minimal HTTP/1.1 parser
-(status line, Content-Length or chunked), so the client costs little CPU on a shared machine.
+heartbeats. `--coding` makes it a coding test's mix instead (bench.answers): each candidate
+sends one heartbeat and then three ~2 KB edits of code, a new question each, in turn; at
+`--rate` = N × 4 / 15 that is a heartbeat every 15 s and a save every 5 s per candidate.
+Prints one JSON object on stdout. Keep-alive connections, a minimal HTTP/1.1 parser (status
+line, Content-Length or chunked), so the client costs little CPU on a shared machine.
 
     python -m bench.loadgen --port 8000 --tokens tokens.tsv --mode rate --rate 1333 --duration 30
 """
@@ -89,6 +92,41 @@ class Requests:
             method, path = b"POST", f"/api/v1/sessions/{cid}/heartbeat".encode()
         if self.fixed_path is not None:
             path = self.fixed_path
+        return b"".join(
+            (
+                method,
+                b" ",
+                path,
+                b" HTTP/1.1\r\nHost: ",
+                self.host,
+                b"\r\nAuthorization: Bearer ",
+                token.encode(),
+                b"\r\nContent-Type: application/json\r\nContent-Length: ",
+                str(len(body)).encode(),
+                b"\r\n\r\n",
+                body,
+            )
+        )
+
+
+class CodingRequests(Requests):
+    """Request i: candidate i % N's k-th request (k = i // N), a heartbeat when k % 4 == 0,
+    else a save of a ~2 KB edit (`edits`: JSON-encoded strings, reused in turn)."""
+
+    def __init__(self, tokens: list[tuple[str, str]], port: int, edits: list[bytes]):
+        super().__init__(tokens, port, 0.0, "")
+        self.edits = edits
+
+    def build(self, i: int) -> bytes:
+        cid, token = self.tokens[i % len(self.tokens)]
+        k = i // len(self.tokens)
+        if k % 4 == 0:
+            body = self.heartbeat_body
+            method, path = b"POST", f"/api/v1/sessions/{cid}/heartbeat".encode()
+        else:
+            edit = self.edits[i % len(self.edits)]
+            body = b'{"answers":{"e%d":%s},"seq":%d}' % (k, edit, self.seq_base + k)
+            method, path = b"PATCH", f"/api/v1/sessions/{cid}/answers".encode()
         return b"".join(
             (
                 method,
@@ -273,8 +311,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--answer-share", type=float, default=0.0, help="share of answer saves")
     p.add_argument("--path", default="", help="send every request to this path instead")
     p.add_argument("--timeout", type=float, default=10.0, help="per request, seconds")
+    p.add_argument("--coding", type=Path, default=None, help="a coding test's mix: JSON edits")
     args = p.parse_args(argv)
-    reqs = Requests(load_tokens(args.tokens), args.port, args.answer_share, args.path)
+    reqs: Requests
+    if args.coding:
+        edits = [json.dumps(e).encode() for e in json.loads(args.coding.read_text())]
+        reqs = CodingRequests(load_tokens(args.tokens), args.port, edits)
+    else:
+        reqs = Requests(load_tokens(args.tokens), args.port, args.answer_share, args.path)
     runner = run_rate if args.mode == "rate" else run_closed
     result = asyncio.run(runner(args, reqs))
     result["mode"] = args.mode

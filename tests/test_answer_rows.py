@@ -3,14 +3,17 @@ sees every committed answer at once, and that adopting a database keeps every an
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 
 from invigilator import sql
 from invigilator.db import migrate
+from invigilator.domain import PayloadTooLarge
 from invigilator.store import SessionStore
 from support.db import TEST_POLICY, add_candidate, sessions_of, shift_session
 
@@ -128,3 +131,100 @@ def test_adopting_a_database_keeps_every_answer(empty_db_url: str) -> None:
             " WHERE candidate_id = 'old-1'"
         ).fetchone() or (None,)
         assert answers == {"q1": "kept", "q2": {"code": "x = 1"}}
+        # the running total of the per-session limit starts exact (migration 0010)
+        totals = conn.execute(
+            "SELECT candidate_id, bytes FROM test_session_answer_total"
+        ).fetchall()
+        assert totals == [("old-1", len('"kept"q1{"code": "x = 1"}q2'))]
+
+
+def total(db: psycopg.Connection[Any], cid: str) -> tuple[Any, Any]:
+    """(the running total, the sum it stands for) of a session's answers."""
+    row = db.execute(
+        "SELECT (SELECT bytes FROM test_session_answer_total WHERE candidate_id = %s),"
+        " (SELECT sum(bytes + octet_length(question)) FROM test_session_answer"
+        "   WHERE candidate_id = %s)",
+        (cid, cid),
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def test_the_running_total_follows_every_save_superseded_and_refused_ones_too(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    cid = add_candidate(db)
+    await store.start(cid)
+    await store.save_answers(cid, {"q1": "a" * 100, "q2": [1, 2]}, seq=1)
+    await store.save_answers(cid, {"q1": "b" * 10}, seq=3)  # shrinks q1
+    await store.save_answers(cid, {"q1": "c" * 900, "q3": "new"}, seq=2)  # q1 superseded
+    await store.save_answers(cid, {"q1": "b" * 10}, seq=3)  # a retry
+    with pytest.raises(PayloadTooLarge):
+        await store.save_answers(cid, {"q4": "x" * 5000}, seq=4, max_total_bytes=1024)
+    bytes_, exact = total(db, cid)
+    assert bytes_ == exact == len('"bbbbbbbbbb"q1[1, 2]q2"new"q3')
+
+
+async def test_the_limit_counts_what_a_save_replaces_not_what_it_adds_on_top(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    cid = add_candidate(db)
+    await store.start(cid)
+    await store.save_answers(cid, {"q": "x" * 700}, seq=1, max_total_bytes=1024)
+    # 700 + 700 would not fit, but the new value replaces the old one.
+    await store.save_answers(cid, {"q": "y" * 700}, seq=2, max_total_bytes=1024)
+    with pytest.raises(PayloadTooLarge):
+        await store.save_answers(cid, {"r": "z" * 400}, seq=3, max_total_bytes=1024)
+    assert (await store.get(cid)).pending_answers == {"q": "y" * 700}
+
+
+async def test_concurrent_saves_of_one_session_keep_the_total_exact(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    """Saves racing on one session (many tabs): each one that found another committed since
+    its snapshot wrote nothing and ran again, so the total never drifts."""
+    cid = add_candidate(db)
+    await store.start(cid)
+    await asyncio.gather(
+        *(
+            store.save_answers(cid, {f"q{i % 5}": "v" * (i * 7), f"n{i}": i}, seq=i)
+            for i in range(1, 41)
+        )
+    )
+    bytes_, exact = total(db, cid)
+    assert bytes_ == exact
+    assert (await store.get(cid)).answer_seq == {
+        **{f"q{k}": max(i for i in range(1, 41) if i % 5 == k) for k in range(5)},
+        **{f"n{i}": i for i in range(1, 41)},
+    }
+
+
+async def test_a_session_with_rows_but_no_total_gets_its_total_at_the_next_save(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    """Rows written by plain SQL (or by a version before the totals) are summed once."""
+    cid = add_candidate(db)
+    await store.start(cid)
+    db.execute(
+        "INSERT INTO test_session_answer (candidate_id, question, value, seq, bytes)"
+        " VALUES (%s, 'old', '\"kept\"', 1, 6)",
+        (cid,),
+    )
+    await store.save_answers(cid, {"q": "new"}, seq=2)
+    assert total(db, cid) == (len('"kept"old"new"q'), len('"kept"old"new"q'))
+
+
+async def test_retention_removes_the_total_with_the_answers(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    cid = add_candidate(db)
+    await store.start(cid)
+    await store.save_answers(cid, {"q": "typed"}, seq=1)
+    await store.complete(cid)
+    db.execute(
+        "UPDATE test_session SET completed_at = completed_at - interval '40 days'"
+        " WHERE candidate_id = %s",
+        (cid,),
+    )
+    await sessions_of(store).purge_ended(timedelta(days=30), 10)
+    assert total(db, cid) == (None, None)

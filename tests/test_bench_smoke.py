@@ -1,6 +1,7 @@
-"""Keeps the heartbeat benchmark harness (bench/heartbeat.py) from rotting: its whole setup and a
-tiny load, closed loop (wrk when installed, else the asyncio client) and open loop (the asyncio
-client). No assertion on speed, only that it produces a result with zero errors."""
+"""Keeps the benchmark harnesses from rotting. bench/heartbeat.py: its whole setup and a tiny
+load, closed loop (wrk when installed, else the asyncio client) and open loop (the asyncio
+client). bench/answers.py: its three parts at tiny sizes. No assertion on speed, only that they
+produce results with zero errors."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench import heartbeat  # noqa: E402
+from bench import answers, common, heartbeat  # noqa: E402
+
+from invigilator.db import migrate  # noqa: E402
 
 
 def test_heartbeat_harness_runs_a_tiny_load(
@@ -47,3 +50,45 @@ def test_heartbeat_harness_runs_a_tiny_load(
         assert result["errors"] == 0, (name, result.get("server_log_tail"))
         assert result["warmup_errors"] == 0, name
         assert result["server_cpu_s_per_1k"] is not None
+
+
+def test_answers_bench_runs_its_three_parts_at_tiny_sizes(
+    server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench/answers.py: the per-save costs (today's rows, the old JSONB statement, the
+    one-row floor), the API rounds, and the mixed coding-test scenario for both storages (the
+    server saving through the old statement too), each with a few candidates for a second."""
+    monkeypatch.setenv("BENCH_DATABASE_URL", server_url)
+    with common.postgres() as pg:
+        url = pg.create_database("bench_answers_smoke")
+        migrate.upgrade(url, create_candidate_table=True)
+        costs = answers.measure_sql(url, saves=5, rounds=1, sizes=(3, 12))
+        assert [c["questions"] for c in costs] == [1, 1]
+        for cost in costs:
+            for storage in ("rows", "rows_no_event", "jsonb", "floor"):
+                assert cost[storage]["wal_bytes_per_save"] > 0, storage
+        api = answers.measure_api(pg, url, 0.5, 1, tmp_path, sizes=(3,))
+        assert api[0]["saves"] > 0 and api[0]["errors"] == 0
+        cfg = answers.MixedConfig(
+            ladders={"rows": [4], "jsonb": [4]},
+            warmup=0.5,
+            seconds=1.5,
+            workers=1,
+            templates=2,
+            min_kb=2,
+            max_kb=8,
+        )
+        mixed = answers.measure_mixed(pg, cfg, tmp_path)
+    for storage in ("rows", "jsonb"):
+        (step,) = mixed[storage]["steps"]
+        assert step["requests"] > 0, storage
+        assert step["errors"] == 0 and step["warmup_errors"] == 0, (storage, step["statuses"])
+    assert "rows" in answers.render_mixed(mixed)
+
+
+def test_memory_bench_measures_the_per_candidate_state() -> None:
+    from bench import memory
+
+    result = memory.measure(200)
+    assert result["verified_token_bytes_per_candidate"] > 0
+    assert result["rate_limit_bucket_bytes_per_candidate"] > 0

@@ -103,6 +103,9 @@ WITH due AS (
     UPDATE test_session_incident i SET note = ''
       FROM due
      WHERE i.candidate_id = due.candidate_id AND i.note <> ''
+), totals AS (
+    DELETE FROM test_session_answer_total x USING due
+     WHERE x.candidate_id = due.candidate_id
 ), purged AS (
     UPDATE test_session t
        SET pending_answers = '{}'::jsonb, answer_seq = '{}'::jsonb, purged_at = now()

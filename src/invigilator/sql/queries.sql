@@ -102,12 +102,18 @@ RETURNING t.*, c.at AS server_now;
 -- locks the session's row (FOR SHARE: saves go side by side, an end or a page claim waits for
 -- them and a save waits for those), so no save lands after the session ended, and none from a
 -- page a newer one took over from (test_session_page_may_write); the row itself is not
--- rewritten (heartbeats keep last_activity). The page's claim is seen now. The session joins
--- the list whose pending_answers mirror the sweeper refreshes. Returns the questions this save
--- applied; the timeline gets one event for them.
+-- rewritten (heartbeats keep last_activity). The page's claim is seen now. The per-session
+-- limit is checked against the session's running total (migration 0010), moved by what this
+-- save replaces: the cost follows this save, not the session's other answers. The total's row
+-- is written first and only if no other save committed since this statement's snapshot (its
+-- xmin is the one the snapshot saw); otherwise nothing is written, `written` is false and the
+-- caller runs the statement again on a new snapshot. The session joins the list whose
+-- pending_answers mirror the sweeper refreshes. Returns the questions this save applied; the
+-- timeline gets one event for them. The rules, not invigilator_act: no trigger that reads the
+-- actor runs here (the session's row is not updated).
 WITH session AS (
     SELECT t.candidate_id, t.status, t.deadline, t.paused_at, c.at
-      FROM test_session t, invigilator_act('candidate', %(policy)s::jsonb) AS c
+      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
      WHERE t.candidate_id = %(candidate_id)s
        AND test_session_takes_answers(t.status, t.deadline, t.last_heartbeat,
                                       t.test_start_time, t.tab_closed_at, t.paused_at,
@@ -115,10 +121,37 @@ WITH session AS (
                                       t.at_deadline, t.grace_seconds, t.time_multiplier, c)
        AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
        FOR SHARE OF t
+), incoming AS (
+    SELECT n.key AS question, n.value, octet_length(n.value::text) AS bytes
+      FROM jsonb_each(%(answers)s::jsonb) AS n
+), counted AS (
+    -- The total as the snapshot has it (a session without one yet: the sum of its rows, once),
+    -- moved by each question this save will apply (the upsert's rule below).
+    SELECT x.xmin AS version,
+           coalesce(x.bytes, (SELECT sum(a.bytes + octet_length(a.question))
+                                FROM test_session_answer a
+                               WHERE a.candidate_id = %(candidate_id)s), 0)
+           + (SELECT coalesce(sum(CASE WHEN a.question IS NULL
+                                       THEN n.bytes + octet_length(n.question)
+                                       WHEN a.seq <= %(seq)s::bigint THEN n.bytes - a.bytes
+                                       ELSE 0 END), 0)
+                FROM incoming n
+                LEFT JOIN test_session_answer a
+                  ON a.candidate_id = %(candidate_id)s AND a.question = n.question) AS bytes
+      FROM (SELECT) AS one
+      LEFT JOIN test_session_answer_total x ON x.candidate_id = %(candidate_id)s
+), total AS (
+    INSERT INTO test_session_answer_total AS x (candidate_id, bytes)
+    SELECT s.candidate_id, v.bytes
+      FROM session s, counted v
+     WHERE v.bytes <= %(max_total_bytes)s::bigint OR %(max_total_bytes)s::bigint IS NULL
+        ON CONFLICT (candidate_id) DO UPDATE SET bytes = excluded.bytes
+     WHERE x.xmin = (SELECT v.version FROM counted v)
+    RETURNING x.candidate_id
 ), saved AS (
     INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, saved_at)
-    SELECT s.candidate_id, n.key, n.value, %(seq)s::bigint, octet_length(n.value::text), s.at
-      FROM session s, jsonb_each(%(answers)s::jsonb) AS n
+    SELECT s.candidate_id, n.question, n.value, %(seq)s::bigint, n.bytes, s.at
+      FROM session s, total w, incoming n
         ON CONFLICT (candidate_id, question) DO UPDATE
        SET value = excluded.value, seq = excluded.seq, bytes = excluded.bytes,
            saved_at = excluded.saved_at
@@ -126,11 +159,11 @@ WITH session AS (
     RETURNING a.candidate_id, a.question
 ), unsynced AS (
     INSERT INTO test_session_answer_unsynced (candidate_id, since)
-    SELECT s.candidate_id, s.at FROM session s
+    SELECT s.candidate_id, s.at FROM session s, total w
         ON CONFLICT (candidate_id) DO NOTHING
 ), seen AS (
     UPDATE test_session_page p SET last_seen = s.at
-      FROM session s
+      FROM session s, total w
      WHERE p.candidate_id = s.candidate_id AND p.page_id = %(page_id)s
 ), event AS (
     INSERT INTO test_session_event (candidate_id, type, actor, detail)
@@ -141,6 +174,8 @@ WITH session AS (
      WHERE q.questions IS NOT NULL
 )
 SELECT s.candidate_id, s.status, s.deadline, s.paused_at, s.at AS server_now,
+       EXISTS (SELECT FROM total) AS written,
+       coalesce((SELECT v.bytes FROM counted v) <= %(max_total_bytes)s::bigint, true) AS fits,
        coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
   FROM session s;
 
@@ -199,13 +234,6 @@ WITH claimed AS (
 )
 SELECT s.candidate_id, s.pages, (SELECT count(*) FROM superseded) AS superseded
   FROM claimed s;
-
--- answers_size --
--- What a session's answers take, for the per-session limit: the sum of each row's size (a
--- number per question, never the document).
-SELECT coalesce(sum(a.bytes + octet_length(a.question)), 0) AS bytes
-  FROM test_session_answer a
- WHERE a.candidate_id = %(candidate_id)s;
 
 -- sync_answers --
 -- Refresh the guide's pending_answers (and answer_seq) from the rows, for these sessions: at a
