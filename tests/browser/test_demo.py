@@ -184,6 +184,10 @@ def test_submit_shows_the_outcome_and_completes_the_session(
 
 def test_closing_the_tab_sends_the_tab_close_beacon(page: Page, live_server: LiveServer) -> None:
     candidate_id = start_demo(page, live_server)
+    # The client listens for the page going away once its claim is answered (it is running);
+    # on a busy machine the page can show the test a moment before that.
+    # (Polled from here: the page's CSP forbids wait_for_function's string evaluation.)
+    wait_until(lambda: page.evaluate("() => Boolean(window.invigilatorDemo?._running)"))
     page.close()
     wait_until(lambda: (live_server.session_row(candidate_id) or {}).get("tab_closed_at"))
     assert "tab_closed" in live_server.event_types(candidate_id)
