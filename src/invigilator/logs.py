@@ -79,6 +79,20 @@ class TextFormatter(logging.Formatter):
 _HANDLER_NAME = "invigilator"
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is when a record is emitted, not the one at configure
+    time: a redirect made later (a test's capture, a daemon's) is followed, and a closed one
+    is never written to."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler:
     """Log to stderr (or `stream`) through the root logger: JSON lines unless it is a TTY
     (INVIGILATOR_LOG_FORMAT=auto|json|text), at INVIGILATOR_LOG_LEVEL. Idempotent."""
@@ -88,11 +102,11 @@ def configure_logging(settings: Settings, stream: Any = None) -> logging.Handler
             f"INVIGILATOR_LOG_LEVEL={settings.log_level!r} is not a level: "
             "use DEBUG, INFO, WARNING or ERROR"
         )
-    stream = stream if stream is not None else sys.stderr
     fmt = settings.log_format
     if fmt == "auto":
-        fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
-    handler = logging.StreamHandler(stream)
+        tty = stream if stream is not None else sys.stderr
+        fmt = "text" if getattr(tty, "isatty", lambda: False)() else "json"
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()

@@ -140,7 +140,8 @@ def test_slow_headers_are_cut_off_and_others_are_served(server: BoundedApi) -> N
     assert idle_answer.startswith(b"HTTP/1.1 408"), idle_answer[:200]
     assert b"application/problem+json" in idle_answer and b'"request_timeout"' in idle_answer
     assert b"x-content-type-options: nosniff" in idle_answer.lower()
-    assert LIMIT <= loris_held < PATIENCE and LIMIT * 0.9 <= idle_held < PATIENCE
+    # 0.9: the server starts its timer a moment before the client starts its clock
+    assert LIMIT * 0.9 <= loris_held < PATIENCE and LIMIT * 0.9 <= idle_held < PATIENCE
     assert others.ok > 0 and others.failed == 0
     report(
         "slow_headers",
