@@ -91,7 +91,9 @@ def test_cli_commands_never_print_a_hostile_password(db_url: str) -> None:
     accepted and a real connection made when the URL parses) and an unreachable one."""
     params = conninfo_to_dict(db_url)
     runs: dict[str, tuple[list[str], dict[str, str] | None, str]] = {}
-    for special in ["#", "?", "@", "%", "/", "#?@%/"]:
+    # Each special character alone is masked by the unit tests above; here the commands' wiring,
+    # with the two libpq takes unescaped (so a connection is made) and all of them at once.
+    for special in ["#", "?", "#?@%/"]:
         password = hostile_password(special)
         reachable = (
             f"postgresql://{params.get('user', 'postgres')}:{password}@/{params['dbname']}"

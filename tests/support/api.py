@@ -4,6 +4,8 @@ helper, problem checks."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +21,11 @@ OTHER_STAFF_KEY = "second-staff-key-abcdefghijkl"
 SECRET = "secret-key-for-tests-0123456789abcdef"
 
 
+@functools.lru_cache(maxsize=8)
+def _settings_from(environment: frozenset[tuple[str, str]]) -> Settings:
+    return Settings()  # reads os.environ, which `environment` is a snapshot of
+
+
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "secret_key": SecretStr(SECRET),
@@ -29,7 +36,9 @@ def make_settings(**overrides: Any) -> Settings:
         "pool_max_size": 4,
     }
     values.update(overrides)
-    return Settings().model_copy(update=values)
+    # Reading the environment costs ~60 ms of CPU and most tests make settings at least once:
+    # the same environment gives the same settings.
+    return _settings_from(frozenset(os.environ.items())).model_copy(update=values)
 
 
 @dataclass

@@ -17,9 +17,10 @@ from invigilator.api.deps import (
     same_origin,
     staff_from_cookie,
 )
+from invigilator.api.routes import operation_id
 from invigilator.domain import InvigilatorError
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(generate_unique_id_function=operation_id, include_in_schema=False)
 
 SIGN_IN_TTL = timedelta(hours=12)
 

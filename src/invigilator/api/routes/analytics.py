@@ -11,9 +11,12 @@ from fastapi import APIRouter, Query, Response
 from invigilator import analytics, charts
 from invigilator.api.deps import RuntimeDep, StaffDep
 from invigilator.api.problems import responses
+from invigilator.api.routes import operation_id
 from invigilator.domain import InvalidInput
 
-router = APIRouter(tags=["analytics"], responses=responses(401, 422, 503))
+router = APIRouter(
+    generate_unique_id_function=operation_id, tags=["analytics"], responses=responses(401, 422, 503)
+)
 
 Bound = Annotated[
     str | None,

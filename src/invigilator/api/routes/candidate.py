@@ -20,10 +20,12 @@ from invigilator.api.deps import (
 )
 from invigilator.api.paths import HEARTBEAT_PATH
 from invigilator.api.problems import ApiError, responses
+from invigilator.api.routes import operation_id
 from invigilator.domain import PageSuperseded
 from invigilator.validation import MAX_PAGE_ID_LENGTH, is_name
 
 router = APIRouter(
+    generate_unique_id_function=operation_id,
     prefix="/api/v1/sessions/{candidate_id}",
     tags=["candidate"],
     responses=responses(

@@ -19,8 +19,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from invigilator.api import tokens
 from invigilator.api.deps import RuntimeDep
+from invigilator.api.routes import operation_id
 
-router = APIRouter(tags=["demo"], include_in_schema=False)
+router = APIRouter(generate_unique_id_function=operation_id, tags=["demo"], include_in_schema=False)
 
 #: The demo test's sections, in order (the page's sections carry the same names).
 DEMO_SECTIONS = ["warm-up", "reasoning", "writing"]

@@ -9,9 +9,10 @@ from pydantic import BaseModel
 
 from invigilator.api.deps import RuntimeDep
 from invigilator.api.problems import responses
+from invigilator.api.routes import operation_id
 from invigilator.db.connector import translate_errors
 
-router = APIRouter(tags=["health"])
+router = APIRouter(generate_unique_id_function=operation_id, tags=["health"])
 
 
 class Healthy(BaseModel):

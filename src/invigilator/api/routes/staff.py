@@ -15,10 +15,16 @@ from pydantic import BaseModel, Field
 from invigilator.api import schemas, tokens
 from invigilator.api.deps import CandidateIdPath, RuntimeDep, SessionsDep, StaffDep
 from invigilator.api.problems import responses
+from invigilator.api.routes import operation_id
 from invigilator.bulk import Filter, Report
 from invigilator.domain import InvalidInput, Status
 
-router = APIRouter(prefix="/api/v1/sessions", tags=["staff"], responses=responses(401, 422, 503))
+router = APIRouter(
+    generate_unique_id_function=operation_id,
+    prefix="/api/v1/sessions",
+    tags=["staff"],
+    responses=responses(401, 422, 503),
+)
 
 
 def _encode_cursor(start: datetime, candidate_id: str) -> str:

@@ -11,11 +11,17 @@ from pydantic import BaseModel, Field
 
 from invigilator.api.deps import RuntimeDep, StaffDep
 from invigilator.api.problems import ApiError, responses
+from invigilator.api.routes import operation_id
 from invigilator.validation import check_webhook_url
 from invigilator.webhooks.outbox import WebhookStore
 from invigilator.webhooks.vault import SecretBox
 
-router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"], responses=responses(401, 503))
+router = APIRouter(
+    generate_unique_id_function=operation_id,
+    prefix="/api/v1/webhooks",
+    tags=["webhooks"],
+    responses=responses(401, 503),
+)
 
 EventType = Literal[
     "session.started",
