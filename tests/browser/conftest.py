@@ -21,13 +21,17 @@ import httpx
 import psycopg
 import pytest
 import uvicorn
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 from psycopg.rows import dict_row
 from pydantic import SecretStr
 
 from invigilator.api.app import create_app
 from invigilator.config import Settings
 from support.waiting import wait_until
+
+#: A page's assertions wait up to 15 s (Playwright's default is 5): on a loaded 2-core machine a
+#: dashboard refresh or a bulk reply can take longer than 5 s, and a passing wait costs nothing.
+expect.set_options(timeout=15_000)
 
 STAFF_KEY = "browser-tests-staff-key-0123456789"
 SECRET = "browser-tests-secret-key-0123456789abcdef"
