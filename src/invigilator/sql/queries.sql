@@ -102,26 +102,24 @@ RETURNING t.*, c.at AS server_now;
 -- locks the session's row (FOR SHARE: saves go side by side, an end or a page claim waits for
 -- them and a save waits for those), so no save lands after the session ended, and none from a
 -- page a newer one took over from (test_session_page_may_write); the row itself is not
--- rewritten (heartbeats keep last_activity). The page's claim is seen now. The rules are read
--- in a subquery of the FROM list, which the planner folds into the guard: a function in the
--- FROM list is a node of its own that every execution builds. The per-session limit: each row
--- written says what it added to the session's total (bytes_added, migration 0011), and the
--- total moves by their sum on its latest version, so it stays exact when saves of one session
--- race; a total over the limit raises test_session_answers_too_large, which undoes every write
--- of the statement (autocommit: nothing commits). A session with rows but no total yet (rows
--- written with plain SQL) has its rows summed once. The session joins the list whose
--- pending_answers mirror the sweeper refreshes. The timeline gets `answers_saved` only for the
--- questions this save answered for the first time: an edit of an answer already saved writes
--- no event (a coding test saves every few seconds; the rows keep each answer's latest
--- saved_at). Returns the questions this save applied.
+-- rewritten (heartbeats keep last_activity). The page's claim is seen now. The per-session
+-- limit: each row written says what it added to the session's total (bytes_added, migration
+-- 0011), and the total moves by their sum on its latest version, so it stays exact when saves
+-- of one session race; a total over the limit raises test_session_answers_too_large, which
+-- undoes every write of the statement (autocommit: nothing commits). Every session with answer
+-- rows has its total (migrations 0010, 0011; this statement writes both). The session joins
+-- the list whose pending_answers mirror the sweeper refreshes. The timeline gets
+-- `answers_saved` only for the questions this save answered for the first time: an edit of an
+-- answer already saved writes no event (a coding test saves every few seconds; the rows keep
+-- each answer's latest saved_at). Returns the questions this save applied.
 WITH session AS (
-    SELECT t.candidate_id, t.status, t.deadline, t.paused_at, (r.c).at
-      FROM test_session t, LATERAL (SELECT invigilator_rules(%(policy)s::jsonb) AS c) AS r
+    SELECT t.candidate_id, t.status, t.deadline, t.paused_at, c.at
+      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
      WHERE t.candidate_id = %(candidate_id)s
        AND test_session_takes_answers(t.status, t.deadline, t.last_heartbeat,
                                       t.test_start_time, t.tab_closed_at, t.paused_at,
                                       t.resumed_at, t.abandon_after_seconds, t.tab_close,
-                                      t.at_deadline, t.grace_seconds, t.time_multiplier, r.c)
+                                      t.at_deadline, t.grace_seconds, t.time_multiplier, c)
        AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
        FOR SHARE OF t
 ), saved AS (
@@ -141,13 +139,7 @@ WITH session AS (
     RETURNING a.question, a.bytes_added, a.bytes_added = a.bytes + octet_length(a.question) AS first
 ), total AS (
     INSERT INTO test_session_answer_total AS x (candidate_id, bytes)
-    SELECT s.candidate_id,
-           (SELECT coalesce(sum(d.bytes_added), 0) FROM saved d)
-           + coalesce((SELECT sum(a.bytes + octet_length(a.question))
-                         FROM test_session_answer a
-                        WHERE a.candidate_id = s.candidate_id
-                          AND NOT EXISTS (SELECT FROM test_session_answer_total y
-                                           WHERE y.candidate_id = s.candidate_id)), 0)
+    SELECT s.candidate_id, (SELECT coalesce(sum(d.bytes_added), 0) FROM saved d)
       FROM session s
         ON CONFLICT (candidate_id) DO UPDATE SET bytes = x.bytes + excluded.bytes
     RETURNING x.bytes
