@@ -3,9 +3,10 @@ session's answers in one JSONB value, `test_session.pending_answers`, rewritten 
 save (decompressed, merged, recompressed, written as new TOAST chunks), and the size limit
 checked on the whole document turned into text. It is the statement Invigilator ran then (with
 today's guard of the session's rules), reshaped only to return what today's store reads
-(`written`, `fits`, `applied`) and to write nothing when the limit refuses (the store then
-rolled the transaction back instead), plus the `answers_saved` event that the timeline trigger
-wrote then, so that the two storages differ in storage alone.
+(`applied`) and to refuse over the limit as today's statement does (it raises, migration 0011;
+the store then rolled the transaction back instead), plus the `answers_saved` event as today's
+statement writes it (for the questions a save answers for the first time; the timeline trigger
+wrote one per save then), so that the two storages differ in storage alone.
 
 `python -m bench.launch` installs it in the server and in each of its workers when
 BENCH_ANSWER_STORAGE=jsonb (the workers are spawned: they import bench.launch again).
@@ -50,13 +51,16 @@ WITH session AS (
 ), event AS (
     INSERT INTO test_session_event (candidate_id, type, actor, detail)
     SELECT u.candidate_id, 'answers_saved', 'candidate',
-           jsonb_build_object('questions', to_jsonb(z.applied), 'seq', %(seq)s::bigint)
-      FROM updated u, sized z
-     WHERE cardinality(z.applied) > 0
+           jsonb_build_object('questions', to_jsonb(f.questions), 'seq', %(seq)s::bigint)
+      FROM updated u, sized z,
+           LATERAL (SELECT ARRAY(SELECT q FROM unnest(z.applied) AS q
+                                  WHERE NOT z.answer_seq ? q ORDER BY q) AS questions) AS f
+     WHERE cardinality(f.questions) > 0
 )
 SELECT z.candidate_id, z.status, z.deadline, z.paused_at, z.at AS server_now,
-       u.candidate_id IS NOT NULL AS written,
-       coalesce(z.answers_bytes <= %(max_total_bytes)s::bigint, true) AS fits,
+       CASE WHEN z.answers_bytes > %(max_total_bytes)s::bigint
+            THEN test_session_answers_too_large(z.answers_bytes, %(max_total_bytes)s::bigint)
+            ELSE z.answers_bytes END AS total_bytes,
        z.applied, u.pending_answers, u.answer_seq
   FROM sized z LEFT JOIN updated u ON u.candidate_id = z.candidate_id
 """

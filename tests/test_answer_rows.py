@@ -181,8 +181,8 @@ async def test_the_limit_counts_what_a_save_replaces_not_what_it_adds_on_top(
 async def test_concurrent_saves_of_one_session_keep_the_total_exact(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
-    """Saves racing on one session (many tabs): each one that found another committed since
-    its snapshot wrote nothing and ran again, so the total never drifts."""
+    """Saves racing on one session (many tabs): each moves the total by what its rows say they
+    added, on the total's latest version, so the total never drifts."""
     cid = add_candidate(db)
     await store.start(cid)
     await asyncio.gather(
@@ -199,10 +199,11 @@ async def test_concurrent_saves_of_one_session_keep_the_total_exact(
     }
 
 
-async def test_a_session_with_rows_but_no_total_gets_its_total_at_the_next_save(
+async def test_rows_without_a_total_get_theirs_when_the_schema_is_upgraded(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
-    """Rows written by plain SQL (or by a version before the totals) are summed once."""
+    """Rows written by plain SQL (or by a version before the totals) are summed by the
+    migration; a save then moves that total by what it replaces."""
     cid = add_candidate(db)
     await store.start(cid)
     db.execute(
@@ -210,8 +211,52 @@ async def test_a_session_with_rows_but_no_total_gets_its_total_at_the_next_save(
         " VALUES (%s, 'old', '\"kept\"', 1, 6)",
         (cid,),
     )
+    (lean,) = [m for m in sql.migrations() if m.name == "lean_answer_saves"]
+    db.execute(lean.sql)  # idempotent, as every migration
     await store.save_answers(cid, {"q": "new"}, seq=2)
     assert total(db, cid) == (len('"kept"old"new"q'), len('"kept"old"new"q'))
+
+
+async def test_an_answers_saved_event_for_each_question_s_first_answer_only(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    """A coding test saves every few seconds: edits of an answer already saved write no
+    event, the rows keep when each answer was saved last."""
+    cid = add_candidate(db)
+    await store.start(cid)
+    await store.save_answers(cid, {"q1": "a", "q2": "b"}, seq=1)
+    for seq in range(2, 6):
+        await store.save_answers(cid, {"q1": "a" * seq}, seq=seq)
+    await store.save_answers(cid, {"q1": "z", "q3": "c"}, seq=6)
+    saved = [e.detail for e in await store.events(cid) if e.type == "answers_saved"]
+    assert saved == [{"questions": ["q1", "q2"], "seq": 1}, {"questions": ["q3"], "seq": 6}]
+    assert (await store.get(cid)).pending_answers == {"q1": "z", "q2": "b", "q3": "c"}
+
+
+async def test_the_name_checks_state_the_rule_of_invigilator_is_name(
+    db: psycopg.Connection[Any],
+) -> None:
+    """The CHECKs every save, claim or heartbeat meets are the rule inline (migration 0011),
+    and the rule is 0005's: the same names pass."""
+    for table, constraint, length in (
+        ("test_session_answer", "test_session_answer_question_check", 128),
+        ("test_session_page", "test_session_page_id_check", 64),
+    ):
+        row = db.execute(
+            "SELECT pg_get_constraintdef(oid), invigilator_name_pattern(%s) FROM pg_constraint"
+            " WHERE conrelid = %s::regclass AND conname = %s",
+            (length, table, constraint),
+        ).fetchone()
+        assert row is not None and "invigilator_is_name" not in row[0] and row[1] in row[0]
+    names = ["a", "A9", ".", "..", "-", "a.b", "x" * 128, "x" * 129, "", "a b", "é", "ab\n"]
+    names += ["\na", "_a_", "q@x+y:z", "....a", "a/b", "a\tb"]
+    for name in names:
+        row = db.execute(
+            "SELECT invigilator_is_name(%s, 128), length(%s) BETWEEN 1 AND 128"
+            " AND %s ~ '^[A-Za-z0-9._:@+-]+$' AND %s ~ '[A-Za-z0-9]'",
+            (name, name, name, name),
+        ).fetchone()
+        assert row is not None and row[0] == row[1], name
 
 
 async def test_retention_removes_the_total_with_the_answers(

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg import errors as pgerrors
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg.types.string import StrDumper
@@ -28,7 +29,6 @@ from invigilator.domain import (
     AlreadyPaused,
     Claim,
     Clock,
-    DatabaseUnavailable,
     Ended,
     Event,
     Incident,
@@ -54,9 +54,8 @@ from invigilator.domain import (
 
 Q = sql.queries()
 
-#: A save that finds another save of the same session committed since its snapshot writes
-#: nothing and runs again; only saves racing in a loop (many tabs) need a second attempt.
-_SAVE_ATTEMPTS = 8
+#: The constraint name test_session_answers_too_large (migration 0011) raises with.
+_ANSWERS_SIZE = "test_session_answers_size"
 
 
 class SessionStore:
@@ -347,9 +346,9 @@ class SessionStore:
     ) -> SaveResult:
         """Upsert `answers` (question -> value) at `seq`. Returns only once committed; its cost
         follows what it writes, not what the session holds: one statement in its own
-        transaction (autocommit), run again on a new snapshot in the rare case that another
-        save of the same session committed in between (nothing was written then). For each
-        superseded question the result says what the server holds instead."""
+        transaction (autocommit), exact also when saves of one session race. Over the
+        per-session limit the statement raises, so nothing of it commits. For each superseded
+        question the result says what the server holds instead."""
         params = {
             **self._rules,
             "candidate_id": candidate_id,
@@ -358,16 +357,20 @@ class SessionStore:
             "max_total_bytes": max_total_bytes,
             "page_id": page_id,
         }
-        row: Row | None = None
         current: dict[str, tuple[Any, int]] = {}
         superseded: list[str] = []
         async with autocommit(self.pool) as conn, conn.cursor(row_factory=dict_row) as cur:
-            for _ in range(_SAVE_ATTEMPTS):
+            try:
                 await cur.execute(Q["save_answers"], params)
-                row = await cur.fetchone()
-                if row is None or row["written"] or not row["fits"]:
-                    break
-            if row is not None and row["written"]:
+            except pgerrors.CheckViolation as exc:
+                if exc.diag.constraint_name != _ANSWERS_SIZE:
+                    raise
+                raise PayloadTooLarge(
+                    f"the session's answers would exceed {max_total_bytes} bytes",
+                    limit_bytes=max_total_bytes,
+                ) from None
+            row = await cur.fetchone()
+            if row is not None:
                 superseded = sorted(set(answers) - set(row["applied"]))
             if superseded:  # a later statement: it sees the newer save that won, committed
                 await cur.execute(
@@ -378,13 +381,6 @@ class SessionStore:
             async with transaction(self.pool) as tx:  # committed: lazy expiry's end stays
                 refusal = await self._refusal(tx, candidate_id, page_id)
             raise refusal
-        if not row["written"]:
-            if row["fits"]:  # other saves of this session won every attempt: a 503, retried
-                raise DatabaseUnavailable("other saves of this session kept winning; retry")
-            raise PayloadTooLarge(
-                f"the session's answers would exceed {max_total_bytes} bytes",
-                limit_bytes=max_total_bytes,
-            )
         applied = sorted(row["applied"])
         clock = Clock(
             candidate_id,

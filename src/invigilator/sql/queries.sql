@@ -103,14 +103,15 @@ RETURNING t.*, c.at AS server_now;
 -- them and a save waits for those), so no save lands after the session ended, and none from a
 -- page a newer one took over from (test_session_page_may_write); the row itself is not
 -- rewritten (heartbeats keep last_activity). The page's claim is seen now. The per-session
--- limit is checked against the session's running total (migration 0010), moved by what this
--- save replaces: the cost follows this save, not the session's other answers. The total's row
--- is written first and only if no other save committed since this statement's snapshot (its
--- xmin is the one the snapshot saw); otherwise nothing is written, `written` is false and the
--- caller runs the statement again on a new snapshot. The session joins the list whose
--- pending_answers mirror the sweeper refreshes. Returns the questions this save applied; the
--- timeline gets one event for them. The rules, not invigilator_act: no trigger that reads the
--- actor runs here (the session's row is not updated).
+-- limit: each row written says what it added to the session's total (bytes_added, migration
+-- 0011), and the total moves by their sum on its latest version, so it stays exact when saves
+-- of one session race; a total over the limit raises test_session_answers_too_large, which
+-- undoes every write of the statement (autocommit: nothing commits). Every session with answer
+-- rows has its total (migrations 0010, 0011; this statement writes both). The session joins
+-- the list whose pending_answers mirror the sweeper refreshes. The timeline gets
+-- `answers_saved` only for the questions this save answered for the first time: an edit of an
+-- answer already saved writes no event (a coding test saves every few seconds; the rows keep
+-- each answer's latest saved_at). Returns the questions this save applied.
 WITH session AS (
     SELECT t.candidate_id, t.status, t.deadline, t.paused_at, c.at
       FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
@@ -121,61 +122,49 @@ WITH session AS (
                                       t.at_deadline, t.grace_seconds, t.time_multiplier, c)
        AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
        FOR SHARE OF t
-), incoming AS (
-    SELECT n.key AS question, n.value, octet_length(n.value::text) AS bytes
-      FROM jsonb_each(%(answers)s::jsonb) AS n
-), counted AS (
-    -- The total as the snapshot has it (a session without one yet: the sum of its rows, once),
-    -- moved by each question this save will apply (the upsert's rule below).
-    SELECT x.xmin AS version,
-           coalesce(x.bytes, (SELECT sum(a.bytes + octet_length(a.question))
-                                FROM test_session_answer a
-                               WHERE a.candidate_id = %(candidate_id)s), 0)
-           + (SELECT coalesce(sum(CASE WHEN a.question IS NULL
-                                       THEN n.bytes + octet_length(n.question)
-                                       WHEN a.seq <= %(seq)s::bigint THEN n.bytes - a.bytes
-                                       ELSE 0 END), 0)
-                FROM incoming n
-                LEFT JOIN test_session_answer a
-                  ON a.candidate_id = %(candidate_id)s AND a.question = n.question) AS bytes
-      FROM (SELECT) AS one
-      LEFT JOIN test_session_answer_total x ON x.candidate_id = %(candidate_id)s
-), total AS (
-    INSERT INTO test_session_answer_total AS x (candidate_id, bytes)
-    SELECT s.candidate_id, v.bytes
-      FROM session s, counted v
-     WHERE v.bytes <= %(max_total_bytes)s::bigint OR %(max_total_bytes)s::bigint IS NULL
-        ON CONFLICT (candidate_id) DO UPDATE SET bytes = excluded.bytes
-     WHERE x.xmin = (SELECT v.version FROM counted v)
-    RETURNING x.candidate_id
 ), saved AS (
-    INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, saved_at)
-    SELECT s.candidate_id, n.question, n.value, %(seq)s::bigint, n.bytes, s.at
-      FROM session s, total w, incoming n
+    INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, bytes_added,
+                                          saved_at)
+    SELECT s.candidate_id, n.question, n.value, %(seq)s::bigint, n.bytes,
+           n.bytes + octet_length(n.question), s.at
+      FROM session s,
+           LATERAL (SELECT e.key AS question, e.value, octet_length(e.value::text) AS bytes
+                      FROM jsonb_each(%(answers)s::jsonb) AS e) AS n
         ON CONFLICT (candidate_id, question) DO UPDATE
        SET value = excluded.value, seq = excluded.seq, bytes = excluded.bytes,
-           saved_at = excluded.saved_at
+           bytes_added = excluded.bytes - a.bytes, saved_at = excluded.saved_at
      WHERE a.seq <= excluded.seq
-    RETURNING a.candidate_id, a.question
+    -- first: bytes_added is the size of the answer and its question only for a new row (an
+    -- update would need a replaced answer of negative size)
+    RETURNING a.question, a.bytes_added, a.bytes_added = a.bytes + octet_length(a.question) AS first
+), total AS (
+    INSERT INTO test_session_answer_total AS x (candidate_id, bytes)
+    SELECT s.candidate_id, (SELECT coalesce(sum(d.bytes_added), 0) FROM saved d)
+      FROM session s
+        ON CONFLICT (candidate_id) DO UPDATE SET bytes = x.bytes + excluded.bytes
+    RETURNING x.bytes
 ), unsynced AS (
     INSERT INTO test_session_answer_unsynced (candidate_id, since)
-    SELECT s.candidate_id, s.at FROM session s, total w
+    SELECT s.candidate_id, s.at FROM session s
         ON CONFLICT (candidate_id) DO NOTHING
 ), seen AS (
     UPDATE test_session_page p SET last_seen = s.at
-      FROM session s, total w
+      FROM session s
      WHERE p.candidate_id = s.candidate_id AND p.page_id = %(page_id)s
 ), event AS (
     INSERT INTO test_session_event (candidate_id, type, actor, detail)
     SELECT s.candidate_id, 'answers_saved', 'candidate',
            jsonb_build_object('questions', q.questions, 'seq', %(seq)s::bigint)
       FROM session s,
-           (SELECT jsonb_agg(x.question ORDER BY x.question) AS questions FROM saved x) AS q
+           (SELECT jsonb_agg(x.question ORDER BY x.question) AS questions
+              FROM saved x WHERE x.first) AS q
      WHERE q.questions IS NOT NULL
 )
 SELECT s.candidate_id, s.status, s.deadline, s.paused_at, s.at AS server_now,
-       EXISTS (SELECT FROM total) AS written,
-       coalesce((SELECT v.bytes FROM counted v) <= %(max_total_bytes)s::bigint, true) AS fits,
+       (SELECT CASE WHEN x.bytes > %(max_total_bytes)s::bigint
+                    THEN test_session_answers_too_large(x.bytes, %(max_total_bytes)s::bigint)
+                    ELSE x.bytes END
+          FROM total x) AS total_bytes,
        coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
   FROM session s;
 
