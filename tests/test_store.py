@@ -22,7 +22,7 @@ from invigilator.domain import (
     Status,
 )
 from invigilator.store import SessionStore
-from support.db import add_candidate, shift_session
+from support.db import SAVES_IN_TURN_ON_CITUS, add_candidate, shift_session
 
 minutes = lambda n: timedelta(minutes=n)  # noqa: E731
 
@@ -83,6 +83,10 @@ async def test_candidate_id_longer_than_36_is_a_validation_error(store: SessionS
         await store.start("x" * 37, create_candidate=True)
 
 
+@pytest.mark.not_on_citus(
+    "the stamp is the coordinator's clock and server_now the worker's (each node's now() is its"
+    " own transaction's start), milliseconds apart"
+)
 async def test_heartbeat_stamps_times_from_the_database_clock(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
@@ -142,6 +146,7 @@ async def test_answers_merge_and_the_highest_seq_wins(
     assert saved[0] == {"questions": ["q1", "q2"], "seq": 1}  # keys only, never contents
 
 
+@pytest.mark.not_on_citus(SAVES_IN_TURN_ON_CITUS)
 async def test_concurrent_saves_of_different_questions_all_survive(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
@@ -152,6 +157,7 @@ async def test_concurrent_saves_of_different_questions_all_survive(
     assert session.pending_answers == {f"q{i}": i for i in range(40)}
 
 
+@pytest.mark.not_on_citus(SAVES_IN_TURN_ON_CITUS)
 async def test_concurrent_saves_of_one_question_keep_the_highest_seq(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:

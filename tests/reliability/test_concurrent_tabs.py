@@ -9,9 +9,11 @@ import random
 from typing import Any
 
 import psycopg
+import pytest
 from faults import report
 
 from support.api import Api
+from support.db import ANSWERS, SAVES_IN_TURN_ON_CITUS, SEQS
 
 
 async def test_two_tabs_saving_concurrently_lose_nothing(
@@ -48,8 +50,8 @@ async def two_tabs(api: Api, db: psycopg.Connection[Any]) -> None:
 
     pending, answer_seq = db.execute(
         "SELECT "
-        "test_session_answers(candidate_id) AS pending_answers, "
-        "test_session_answer_seqs(candidate_id) AS answer_seq"
+        f"{ANSWERS} AS pending_answers, "
+        f"{SEQS} AS answer_seq"
         " FROM test_session WHERE candidate_id = 'alice'"
     ).fetchone() or (None, None)
     assert {f"a{i}" for i in range(40)} | {f"b{i}" for i in range(40)} <= set(pending)
@@ -65,6 +67,7 @@ async def two_tabs(api: Api, db: psycopg.Connection[Any]) -> None:
     report("two_tabs", saves=len(responses), shared_superseded=len(superseded))
 
 
+@pytest.mark.not_on_citus(SAVES_IN_TURN_ON_CITUS)
 async def test_a_burst_on_one_question_keeps_the_highest_seq(
     api: Api, db: psycopg.Connection[Any]
 ) -> None:
@@ -83,8 +86,8 @@ async def test_a_burst_on_one_question_keeps_the_highest_seq(
     await asyncio.gather(*(save(seq) for seq in seqs))
     pending, answer_seq = db.execute(
         "SELECT "
-        "test_session_answers(candidate_id) AS pending_answers, "
-        "test_session_answer_seqs(candidate_id) AS answer_seq"
+        f"{ANSWERS} AS pending_answers, "
+        f"{SEQS} AS answer_seq"
         " FROM test_session WHERE candidate_id = 'alice'"
     ).fetchone() or (None, None)
     assert pending == {"q": f"v{max(seqs)}"} and answer_seq == {"q": max(seqs)}
