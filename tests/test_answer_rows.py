@@ -16,7 +16,6 @@ from invigilator.db import migrate
 from invigilator.domain import PayloadTooLarge
 from invigilator.store import SessionStore
 from support.db import (
-    SAVES_IN_TURN_ON_CITUS,
     TEST_POLICY,
     add_candidate,
     sessions_of,
@@ -187,7 +186,6 @@ async def test_the_limit_counts_what_a_save_replaces_not_what_it_adds_on_top(
     assert (await store.get(cid)).pending_answers == {"q": "y" * 700}
 
 
-@pytest.mark.not_on_citus(SAVES_IN_TURN_ON_CITUS)
 async def test_concurrent_saves_of_one_session_keep_the_total_exact(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:

@@ -22,7 +22,7 @@ from invigilator.domain import (
     Status,
 )
 from invigilator.store import SessionStore
-from support.db import SAVES_IN_TURN_ON_CITUS, add_candidate, shift_session
+from support.db import add_candidate, shift_session
 
 minutes = lambda n: timedelta(minutes=n)  # noqa: E731
 
@@ -146,7 +146,6 @@ async def test_answers_merge_and_the_highest_seq_wins(
     assert saved[0] == {"questions": ["q1", "q2"], "seq": 1}  # keys only, never contents
 
 
-@pytest.mark.not_on_citus(SAVES_IN_TURN_ON_CITUS)
 async def test_concurrent_saves_of_different_questions_all_survive(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:
@@ -157,7 +156,6 @@ async def test_concurrent_saves_of_different_questions_all_survive(
     assert session.pending_answers == {f"q{i}": i for i in range(40)}
 
 
-@pytest.mark.not_on_citus(SAVES_IN_TURN_ON_CITUS)
 async def test_concurrent_saves_of_one_question_keep_the_highest_seq(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:

@@ -9,11 +9,10 @@ import random
 from typing import Any
 
 import psycopg
-import pytest
 from faults import report
 
 from support.api import Api
-from support.db import ANSWERS, SAVES_IN_TURN_ON_CITUS, SEQS
+from support.db import ANSWERS, SEQS
 
 
 async def test_two_tabs_saving_concurrently_lose_nothing(
@@ -67,7 +66,6 @@ async def two_tabs(api: Api, db: psycopg.Connection[Any]) -> None:
     report("two_tabs", saves=len(responses), shared_superseded=len(superseded))
 
 
-@pytest.mark.not_on_citus(SAVES_IN_TURN_ON_CITUS)
 async def test_a_burst_on_one_question_keeps_the_highest_seq(
     api: Api, db: psycopg.Connection[Any]
 ) -> None:

@@ -24,13 +24,6 @@ CITUS_WORKERS = [
     w.strip() for w in os.environ.get("INVIGILATOR_TEST_CITUS_WORKERS", "").split(",") if w.strip()
 ]
 
-#: Why a test that races many saves of one session cannot hold on Citus (not_on_citus).
-SAVES_IN_TURN_ON_CITUS = (
-    "Citus routes only SELECT/UPDATE/DELETE CTEs to one shard: a save runs there as about ten "
-    "steps (~90 ms on the loaded 2-core machine), and saves of one session take turns, so the "
-    "last of these racing saves waits past the test's pool or request timeout (docs/scaling.md)"
-)
-
 #: A test_session row's committed answers and their seqs, as test_session_answers() and
 #: test_session_answer_seqs() give them, for a query FROM test_session: written out because on
 #: Citus a function that reads a table cannot run in a query pushed down to a shard.
