@@ -423,6 +423,7 @@ def test_summary_rows_flatten_every_number() -> None:
     assert len({(m, d) for m, d, _ in rows}) == len(rows)  # each (metric, dimension) once
 
 
+@pytest.mark.not_on_citus("EXPLAIN on a coordinator shows the distributed plan, not the shard's")
 async def test_the_window_uses_the_start_time_index_and_focus_probes_the_event_key(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:

@@ -15,7 +15,12 @@ from invigilator import sql
 from invigilator.db import migrate
 from invigilator.domain import PayloadTooLarge
 from invigilator.store import SessionStore
-from support.db import TEST_POLICY, add_candidate, sessions_of, shift_session
+from support.db import (
+    TEST_POLICY,
+    add_candidate,
+    sessions_of,
+    shift_session,
+)
 
 
 def mirror(db: psycopg.Connection[Any], cid: str) -> tuple[Any, Any]:
@@ -27,7 +32,10 @@ def mirror(db: psycopg.Connection[Any], cid: str) -> tuple[Any, Any]:
 
 
 def age_unsynced(db: psycopg.Connection[Any], by: timedelta) -> None:
-    db.execute("UPDATE test_session_answer_unsynced SET since = since - %s", (by,))
+    # invigilator_plus: on Citus an UPDATE takes no STABLE `-` over a column.
+    db.execute(
+        "UPDATE test_session_answer_unsynced SET since = invigilator_plus(since, -%s)", (by,)
+    )
 
 
 async def test_pending_answers_mirrors_the_rows_within_the_delay_and_exactly_at_the_end(
@@ -267,7 +275,7 @@ async def test_retention_removes_the_total_with_the_answers(
     await store.save_answers(cid, {"q": "typed"}, seq=1)
     await store.complete(cid)
     db.execute(
-        "UPDATE test_session SET completed_at = completed_at - interval '40 days'"
+        "UPDATE test_session SET completed_at = invigilator_plus(completed_at, interval '-40 days')"
         " WHERE candidate_id = %s",
         (cid,),
     )

@@ -30,7 +30,13 @@ from invigilator.service import Sessions
 from invigilator.store import SessionStore
 from invigilator.sweeper import sweep_once
 from support.db import TEST_POLICY, add_candidate, sessions_of, shift_session
-from support.sweeps import TERMINAL, add_sessions, inconsistencies, statuses
+from support.sweeps import (
+    TERMINAL,
+    TRIPWIRE_ON_ONE_SERVER,
+    add_sessions,
+    inconsistencies,
+    statuses,
+)
 
 minutes = lambda n: timedelta(minutes=n)  # noqa: E731
 seconds = lambda n: timedelta(seconds=n)  # noqa: E731
@@ -48,7 +54,8 @@ async def _started(db: psycopg.Connection[Any], sessions: Sessions, **kwargs: An
 
 def _earlier(db: psycopg.Connection[Any], cid: str, by: timedelta, *columns: str) -> None:
     """Move these timestamps of a session `by` into the past (all of them, together)."""
-    sets = ", ".join(f"{c} = {c} - %(by)s" for c in columns)
+    # invigilator_plus, not `-`: on Citus an UPDATE takes no STABLE operator over a column.
+    sets = ", ".join(f"{c} = invigilator_plus({c}, -%(by)s)" for c in columns)
     db.execute(
         f"UPDATE test_session SET {sets} WHERE candidate_id = %(cid)s", {"by": by, "cid": cid}
     )
@@ -186,6 +193,7 @@ async def test_pause_racing_the_deadline_and_four_sweepers_each_session_once(
     assert paused_events == (len(live),)
 
 
+@pytest.mark.not_on_citus(TRIPWIRE_ON_ONE_SERVER)
 async def test_a_pause_waits_for_a_sweeper_that_holds_the_row_and_sees_its_end(
     store: SessionStore, db: psycopg.Connection[Any]
 ) -> None:

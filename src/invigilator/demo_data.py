@@ -135,13 +135,17 @@ def load_demo_data(
                 if on_progress is not None:
                     on_progress(len(batch.candidates))
             # The running sessions were made relative to the transaction's start; a large load
-            # takes minutes, so bring their heartbeats up to the moment of the commit.
+            # takes minutes, so bring their heartbeats up to the moment of the commit. The shift
+            # is read first: Citus refuses a VOLATILE clock_timestamp() (and a STABLE `+` over
+            # a column) in an UPDATE of a distributed table.
+            shift = cur.execute("SELECT clock_timestamp() - now()").fetchone()
+            assert shift is not None
             cur.execute(
                 "UPDATE test_session"
-                "   SET last_heartbeat = last_heartbeat + (clock_timestamp() - now()),"
-                "       last_activity = last_activity + (clock_timestamp() - now())"
+                "   SET last_heartbeat = invigilator_plus(last_heartbeat, %s::interval),"
+                "       last_activity = invigilator_plus(last_activity, %s::interval)"
                 " WHERE status = 'active' AND candidate_id::text = ANY(%s::text[])",
-                (active,),
+                (shift[0], shift[0], active),
             )
             totals.active = len(active)
         conn.commit()

@@ -15,7 +15,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from invigilator import sql
-from invigilator.db.connector import Cursor, transaction
+from invigilator.db.connector import Cursor, citus_distributed, retried_on_deadlock, transaction
 from invigilator.domain import SessionNotFound
 
 Q = sql.privacy_queries()
@@ -45,6 +45,7 @@ class Purged:
 class PrivacyStore:
     def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
         self.pool = pool
+        self._distributed: bool | None = None  # learnt once: is test_session sharded?
 
     def _cursor(self) -> contextlib.AbstractAsyncContextManager[Cursor]:
         return transaction(self.pool)
@@ -71,20 +72,26 @@ class PrivacyStore:
 
     # --- erasure and retention ------------------------------------------------------------
 
+    @retried_on_deadlock
     async def erase(self, candidate_id: str, *, actor: str) -> Erasure:
         """Erase a candidate's session, answers, timeline and webhook deliveries (SessionNotFound
         when there is none). The candidate row belongs to the host application and stays."""
         async with self._cursor() as cur:
+            await cur.execute(Q["lock_for_erasure"], {"candidate_id": candidate_id})
             await cur.execute(Q["erase_session"], {"candidate_id": candidate_id, "actor": actor})
             row = await cur.fetchone()
         if row is None:
             raise SessionNotFound(f"no test session for candidate {candidate_id!r}")
         return Erasure(**{**row, "erasure_id": str(row["erasure_id"])})
 
+    @retried_on_deadlock
     async def purge_ended(self, keep: timedelta, limit: int = 500) -> Purged:
         """One bounded batch of the retention rule (a transaction of its own)."""
         async with self._cursor() as cur:
-            await cur.execute(Q["purge_ended"], {"keep": keep, "limit": limit})
+            if self._distributed is None:
+                self._distributed = await citus_distributed(cur)
+            name = "purge_ended_unlocked" if self._distributed else "purge_ended"
+            await cur.execute(Q[name], {"keep": keep, "limit": limit})
             row = await cur.fetchone()
         assert row is not None
         return Purged(**row)

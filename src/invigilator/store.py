@@ -8,6 +8,7 @@ passes the policy, names who acts, and explains a refused write (`_refusal`).
 from __future__ import annotations
 
 import contextlib
+import random
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
@@ -15,13 +16,22 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerrors
+from psycopg import sql as pgsql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg.types.string import StrDumper
 from psycopg_pool import AsyncConnectionPool
 
 from invigilator import sql
-from invigilator.db.connector import Cursor, Row, autocommit, transaction, translate_errors
+from invigilator.db.connector import (
+    Cursor,
+    Row,
+    autocommit,
+    constraint_name,
+    retried_on_deadlock,
+    transaction,
+    translate_errors,
+)
 from invigilator.db.rows import ended_error, to_ended, to_event, to_incident, to_session
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
@@ -74,6 +84,7 @@ class SessionStore:
         self.policy = policy
         self._rules = policy.sql_params()
         self._uuid_keys: bool | None = None  # learnt once: does candidate_id have type uuid?
+        self._distributed: bool | None = None  # learnt once: is test_session sharded (Citus)?
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -81,8 +92,41 @@ class SessionStore:
         await cur.execute(Q[name], {**self._rules, **params})
         return await cur.fetchone()
 
+    async def _is_distributed(self, cur: Cursor) -> bool:
+        if self._distributed is None:
+            await cur.execute(Q["distributed"])
+            row = await cur.fetchone()
+            if row and row["citus"]:
+                await cur.execute(Q["distributed_session"])
+                row = await cur.fetchone()
+                self._distributed = bool(row and row["distributed"])
+            else:
+                self._distributed = False
+        return self._distributed
+
+    async def _act_on_workers(self, cur: Cursor, actor: str, reason: str | None = None) -> None:
+        """On Citus, who acts (and why) for the timeline trigger, which runs on the shard:
+        invigilator_act's settings stay on the coordinator (Citus runs a function in FROM
+        there), and only SET LOCAL reaches the workers, with propagate_set_commands. One round
+        trip more per change, on a distributed database only; on one server, nothing."""
+        if not await self._is_distributed(cur):
+            return
+        settings = {
+            "invigilator.actor": actor,
+            "invigilator.reason": reason or "",
+            "invigilator.resume_gap": f"{self.policy.resume_gap.total_seconds()} seconds",
+        }
+        statements = [pgsql.SQL("SET LOCAL citus.propagate_set_commands = 'local'")] + [
+            pgsql.SQL("SET LOCAL {} = {}").format(pgsql.Identifier(*name.split(".")), value)
+            for name, value in settings.items()
+        ]
+        # Never prepared (the heartbeat pool prepares every statement): a prepared statement
+        # holds one command, and these are several in one round trip.
+        await cur.execute(pgsql.SQL("; ").join(statements), prepare=False)
+
     async def _finalize(self, cur: Cursor, candidate_ids: list[Any], actor: str) -> list[Ended]:
         """End the due ones of these sessions; their pending_answers is then exact."""
+        await self._act_on_workers(cur, actor)
         await cur.execute(
             Q["finalize"], {**self._rules, "candidate_ids": candidate_ids, "actor": actor}
         )
@@ -122,10 +166,12 @@ class SessionStore:
             )
         return ended_error(session)
 
+    @retried_on_deadlock
     async def _guarded_write(self, name: str, candidate_id: str, **params: Any) -> Session:
         """Run a write guarded by test_session_open (and the page claim); explain a refusal."""
         params.setdefault("page_id", None)
         async with transaction(self.pool) as cur:
+            await self._act_on_workers(cur, params.get("actor", "candidate"), params.get("reason"))
             row = await self._fetch_one(cur, name, candidate_id=candidate_id, **params)
             refusal = (
                 None
@@ -139,6 +185,7 @@ class SessionStore:
 
     # --- operations -----------------------------------------------------------------------
 
+    @retried_on_deadlock
     async def start(
         self,
         candidate_id: str,
@@ -159,6 +206,7 @@ class SessionStore:
         async with transaction(self.pool) as cur:
             if create_candidate:
                 await cur.execute(Q["create_candidate"], {"candidate_id": candidate_id})
+            await self._act_on_workers(cur, actor)
             row = await self._fetch_one(
                 cur,
                 "start_session",
@@ -201,6 +249,7 @@ class SessionStore:
         async with autocommit(self.heartbeat_pool or self.pool) as conn:
             yield conn
 
+    @retried_on_deadlock
     async def heartbeat_batch(
         self, beats: dict[str, bool], conn: psycopg.AsyncConnection[Any] | None = None
     ) -> dict[str, Clock]:
@@ -217,7 +266,10 @@ class SessionStore:
                 return await self.heartbeat_batch(beats, held)
         with translate_errors():
             async with conn.cursor(row_factory=dict_row) as cur:
-                return await self._beat(cur, beats)
+                if not await self._is_distributed(cur):
+                    return await self._beat(cur, beats)
+                async with conn.transaction():  # SET LOCAL needs one (_act_on_workers)
+                    return await self._beat(cur, beats)
 
     async def _beat(self, cur: Cursor, beats: dict[str, bool]) -> dict[str, Clock]:
         """The batch statement over `beats`, on `cur`: the clocks of the sessions it took."""
@@ -240,6 +292,7 @@ class SessionStore:
         if not keyed:
             return {}
         keyed.sort(key=lambda pair: str(pair[0]))  # one lock order: no deadlock between batches
+        await self._act_on_workers(cur, "candidate")
         if not self._uuid_keys:
             # A list of str would go as unknown[]; unnest() needs to know it is text[].
             cur.adapters.register_dumper(str, StrDumper)
@@ -269,6 +322,7 @@ class SessionStore:
             )
         return clocks
 
+    @retried_on_deadlock
     async def heartbeat(self, candidate_id: str, *, active: bool = False) -> Session:
         """One heartbeat, as a batch of one (the hot path's statement), and the session as it
         then is, in one transaction; a refusal explained."""
@@ -284,6 +338,7 @@ class SessionStore:
     async def tab_close(self, candidate_id: str, *, page_id: str | None = None) -> Session:
         return await self._guarded_write("record_tab_close", candidate_id, page_id=page_id)
 
+    @retried_on_deadlock
     async def claim_page(
         self,
         candidate_id: str,
@@ -295,6 +350,7 @@ class SessionStore:
         """A page opens the session: record its claim and make it the newest (with the policy
         `single`, every other page is superseded). Refused (SessionEnded) once it has ended."""
         async with transaction(self.pool) as cur:
+            await self._act_on_workers(cur, "candidate")
             row = await self._fetch_one(
                 cur,
                 "claim_page",
@@ -308,6 +364,7 @@ class SessionStore:
             refusal = await self._refusal(cur, candidate_id)
         raise refusal
 
+    @retried_on_deadlock
     async def complete_section(
         self, candidate_id: str, section: str, *, page_id: str | None = None
     ) -> Session:
@@ -315,6 +372,7 @@ class SessionStore:
         list (when the session has one) is refused."""
         refusal: InvigilatorError
         async with transaction(self.pool) as cur:
+            await self._act_on_workers(cur, "candidate")
             row = await self._fetch_one(
                 cur, "complete_section", candidate_id=candidate_id, section=section, page_id=page_id
             )
@@ -335,6 +393,7 @@ class SessionStore:
                 refusal = ended_error(session)
         raise refusal
 
+    @retried_on_deadlock
     async def save_answers(
         self,
         candidate_id: str,
@@ -360,10 +419,11 @@ class SessionStore:
         current: dict[str, tuple[Any, int]] = {}
         superseded: list[str] = []
         async with autocommit(self.pool) as conn, conn.cursor(row_factory=dict_row) as cur:
+            save = "save_answers_distributed" if await self._is_distributed(cur) else "save_answers"
             try:
-                await cur.execute(Q["save_answers"], params)
+                await cur.execute(Q[save], params)
             except pgerrors.CheckViolation as exc:
-                if exc.diag.constraint_name != _ANSWERS_SIZE:
+                if constraint_name(exc) != _ANSWERS_SIZE:
                     raise
                 raise PayloadTooLarge(
                     f"the session's answers would exceed {max_total_bytes} bytes",
@@ -398,6 +458,7 @@ class SessionStore:
         if candidate_ids:
             await cur.execute(Q["sync_answers"], {"candidate_ids": candidate_ids})
 
+    @retried_on_deadlock
     async def sync_lagging_answers(self, limit: int) -> int:
         """Refresh pending_answers of up to `limit` sessions whose rows changed at least the
         policy's mirror delay ago; how many. Safe with many sweepers. One session per
@@ -408,9 +469,12 @@ class SessionStore:
         done = 0
         while done < limit:
             async with transaction(self.pool) as cur:
-                await cur.execute(
-                    Q["find_unsynced"], {"delay": self.policy.answers_mirror_delay, "limit": 1}
+                # On Citus unlocked (it refuses FOR UPDATE across shards): two sweepers may
+                # refresh the same session, which is harmless (sync_answers copies).
+                pick = (
+                    "find_unsynced_unlocked" if await self._is_distributed(cur) else "find_unsynced"
                 )
+                await cur.execute(Q[pick], {"delay": self.policy.answers_mirror_delay, "limit": 1})
                 ids = [row["candidate_id"] for row in await cur.fetchall()]
                 await self._sync_answers(cur, ids)
             if not ids:
@@ -418,6 +482,7 @@ class SessionStore:
             done += 1
         return done
 
+    @retried_on_deadlock
     async def record_client_event(
         self,
         candidate_id: str,
@@ -439,6 +504,7 @@ class SessionStore:
         if refusal is not None:
             raise refusal
 
+    @retried_on_deadlock
     async def complete(
         self,
         candidate_id: str,
@@ -454,6 +520,7 @@ class SessionStore:
         the earlier opening's submit). A page a newer one took over from is refused
         (PageSuperseded)."""
         async with transaction(self.pool) as cur:
+            await self._act_on_workers(cur, actor, reason)
             row = await self._fetch_one(
                 cur,
                 "complete",
@@ -489,6 +556,7 @@ class SessionStore:
         """Start a paused session's clock again (NotPaused when it runs)."""
         return await self._controlled("resume", candidate_id, NotPaused, actor, reason)
 
+    @retried_on_deadlock
     async def _controlled(
         self,
         name: str,
@@ -501,6 +569,7 @@ class SessionStore:
         already in the state asked for."""
         refusal: InvigilatorError
         async with transaction(self.pool) as cur:
+            await self._act_on_workers(cur, actor, reason)
             row = await self._fetch_one(
                 cur, name, candidate_id=candidate_id, actor=actor, reason=reason
             )
@@ -521,6 +590,7 @@ class SessionStore:
                 )
         raise refusal
 
+    @retried_on_deadlock
     async def reopen(
         self, candidate_id: str, minutes: int, *, actor: str, reason: str | None = None
     ) -> Session:
@@ -528,6 +598,7 @@ class SessionStore:
         heard from. SessionNotEnded while it runs; SessionPurged after retention."""
         refusal: InvigilatorError
         async with transaction(self.pool) as cur:
+            await self._act_on_workers(cur, actor, reason)
             row = await self._fetch_one(
                 cur,
                 "reopen",
@@ -570,6 +641,7 @@ class SessionStore:
             reason=reason,
         )
 
+    @retried_on_deadlock
     async def record_incident(
         self, candidate_id: str, severity: Severity, reason_code: str, note: str, *, actor: str
     ) -> Incident:
@@ -590,16 +662,53 @@ class SessionStore:
             raise SessionNotFound(f"no test session for candidate {candidate_id!r}")
         return to_incident(row)
 
+    @retried_on_deadlock
     async def finalize_due(self, limit: int, *, actor: str = "sweeper") -> list[Ended]:
         """End up to `limit` due sessions in one transaction; safe with many sweepers (each
-        locks its pick, skipping rows another holds)."""
+        locks its pick, skipping rows another holds). On Citus, see `_finalize_due_sharded`."""
         async with transaction(self.pool) as cur:
-            await cur.execute(Q["find_due"], {**self._rules, "limit": limit})
-            ids = [row["candidate_id"] for row in await cur.fetchall()]
-            if not ids:
-                return []
-            ended = await self._finalize(cur, ids, actor)
+            if await self._is_distributed(cur):
+                ended = None
+            else:
+                await cur.execute(Q["find_due"], {**self._rules, "limit": limit})
+                ids = [row["candidate_id"] for row in await cur.fetchall()]
+                if not ids:
+                    return []
+                ended = await self._finalize(cur, ids, actor)
+        if ended is None:
+            ended = await self._finalize_due_sharded(limit, actor)
         return sorted(ended, key=lambda e: (e.completed_at, e.candidate_id))
+
+    async def _finalize_due_sharded(self, limit: int, actor: str) -> list[Ended]:
+        """The sweeper's batch on Citus, which refuses FOR UPDATE … SKIP LOCKED with LIMIT
+        across shards: the pick is unlocked, so sweepers pick the same sessions, and the pick
+        is ended one shard at a time, each shard's part in a transaction of its own. A batch
+        over many shards at once locks each shard's rows in parallel, and two such batches (or
+        one and a staff control) then wait on each other across nodes: distributed deadlocks,
+        seen with four sweepers. One shard's part is one statement on one node; finalize's
+        guard, under each row's lock, leaves a session another sweeper ended alone, so each
+        ending stays exactly once. The shards go in a shuffled order (sweepers then rarely
+        queue on the same rows), and the pick is taken again while peers ended part of it, so
+        a batch comes back short only when nothing more is due, as with SKIP LOCKED."""
+        ended: list[Ended] = []
+        last: list[Any] = []
+        while len(ended) < limit:
+            async with transaction(self.pool) as cur:
+                await cur.execute(
+                    Q["find_due_unlocked"], {**self._rules, "limit": limit - len(ended)}
+                )
+                ids = [row["candidate_id"] for row in await cur.fetchall()]
+                if not ids or ids == last:  # nothing due, or nothing of it could be ended
+                    break
+                await cur.execute(Q["shards_of"], {"candidate_ids": [str(i) for i in ids]})
+                by_shard: dict[int, list[Any]] = {}
+                for row, candidate_id in zip(await cur.fetchall(), ids, strict=True):
+                    by_shard.setdefault(row["shard"], []).append(candidate_id)
+            last = ids
+            for shard in random.sample(sorted(by_shard), len(by_shard)):
+                async with transaction(self.pool) as cur:
+                    ended += await self._finalize(cur, by_shard[shard], actor)
+        return ended
 
     async def find_active(self, limit: int = 1000) -> list[Session]:
         async with transaction(self.pool) as cur:

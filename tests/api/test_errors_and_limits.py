@@ -9,13 +9,14 @@ import psycopg
 import pytest
 
 from support.api import Api, assert_problem
+from support.db import ANSWERS, SEQS
 
 
 def snapshot(db: psycopg.Connection[Any]) -> list[Any]:
     return db.execute(
         "SELECT candidate_id, "
-        "test_session_answers(candidate_id) AS pending_answers, "
-        "test_session_answer_seqs(candidate_id) AS answer_seq, sections_completed, updated_at, "
+        f"{ANSWERS} AS pending_answers, "
+        f"{SEQS} AS answer_seq, sections_completed, updated_at, "
         "(SELECT count(*) FROM test_session_event) FROM test_session ORDER BY 1"
     ).fetchall()
 
@@ -102,9 +103,7 @@ async def test_total_answers_over_the_limit_is_413_and_keeps_the_old_ones(
             "PATCH", "alice", "answers", token, json={"answers": {"q2": "y" * 1200}, "seq": 2}
         )
         assert_problem(over, 413, "payload_too_large")
-        answers = db.execute(
-            "SELECT test_session_answers(candidate_id) FROM test_session"
-        ).fetchone()
+        answers = db.execute(f"SELECT {ANSWERS} FROM test_session").fetchone()
         assert answers == ({"q1": "x" * 1200},)
 
 

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from invigilator.api.app import create_app
 from invigilator.config import Settings
+from support.db import ANSWERS
 from support.waiting import wait_until
 
 #: A page's assertions wait up to 15 s (Playwright's default is 5): on a loaded 2-core machine a
@@ -64,15 +65,14 @@ class LiveServer:
         with psycopg.connect(self.db_url, autocommit=True, row_factory=dict_row) as conn:
             return conn.execute(
                 # every committed answer, from its rows (pending_answers mirrors them)
-                "SELECT *, test_session_answers(candidate_id) AS pending_answers"
-                " FROM test_session WHERE candidate_id = %s",
+                f"SELECT *, {ANSWERS} AS pending_answers FROM test_session WHERE candidate_id = %s",
                 (candidate_id,),
             ).fetchone()
 
     def event_types(self, candidate_id: str) -> list[str]:
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT type FROM test_session_event WHERE candidate_id = %s ORDER BY id",
+                "SELECT type FROM test_session_event WHERE candidate_id = %s ORDER BY at, id",
                 (candidate_id,),
             ).fetchall()
         return [row[0] for row in rows]

@@ -15,13 +15,14 @@ from faults import report
 
 from invigilator.store import SessionStore
 from support.api import Api
+from support.db import ANSWERS, SEQS
 
 
 def row(db: psycopg.Connection[Any], candidate_id: str) -> tuple[Any, ...]:
     found = db.execute(
         "SELECT status, completion_method, completed_at, "
-        "test_session_answers(candidate_id) AS pending_answers, "
-        "test_session_answer_seqs(candidate_id) AS answer_seq,"
+        f"{ANSWERS} AS pending_answers, "
+        f"{SEQS} AS answer_seq,"
         "       sections_completed, updated_at FROM test_session WHERE candidate_id = %s",
         (candidate_id,),
     ).fetchone()

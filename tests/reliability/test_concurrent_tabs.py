@@ -12,6 +12,7 @@ import psycopg
 from faults import report
 
 from support.api import Api
+from support.db import ANSWERS, SEQS
 
 
 async def test_two_tabs_saving_concurrently_lose_nothing(
@@ -48,8 +49,8 @@ async def two_tabs(api: Api, db: psycopg.Connection[Any]) -> None:
 
     pending, answer_seq = db.execute(
         "SELECT "
-        "test_session_answers(candidate_id) AS pending_answers, "
-        "test_session_answer_seqs(candidate_id) AS answer_seq"
+        f"{ANSWERS} AS pending_answers, "
+        f"{SEQS} AS answer_seq"
         " FROM test_session WHERE candidate_id = 'alice'"
     ).fetchone() or (None, None)
     assert {f"a{i}" for i in range(40)} | {f"b{i}" for i in range(40)} <= set(pending)
@@ -83,8 +84,8 @@ async def test_a_burst_on_one_question_keeps_the_highest_seq(
     await asyncio.gather(*(save(seq) for seq in seqs))
     pending, answer_seq = db.execute(
         "SELECT "
-        "test_session_answers(candidate_id) AS pending_answers, "
-        "test_session_answer_seqs(candidate_id) AS answer_seq"
+        f"{ANSWERS} AS pending_answers, "
+        f"{SEQS} AS answer_seq"
         " FROM test_session WHERE candidate_id = 'alice'"
     ).fetchone() or (None, None)
     assert pending == {"q": f"v{max(seqs)}"} and answer_seq == {"q": max(seqs)}

@@ -12,8 +12,11 @@ from typing import Any
 
 import httpx
 import psycopg
+import pytest
 from faults import ApiProcess, Candidate, half_written, lost_answers, report, start_candidates
 from psycopg.rows import dict_row
+
+from support.db import ANSWERS, SEQS
 
 CANDIDATES = 8
 KILLS = 3
@@ -24,8 +27,8 @@ def stored(db_url: str, candidate_id: str) -> dict[str, Any]:
     with psycopg.connect(db_url, row_factory=dict_row) as conn:
         row = conn.execute(
             "SELECT "
-            "test_session_answers(candidate_id) AS pending_answers, "
-            "test_session_answer_seqs(candidate_id) AS answer_seq"
+            f"{ANSWERS} AS pending_answers, "
+            f"{SEQS} AS answer_seq"
             " FROM test_session WHERE candidate_id = %s",
             (candidate_id,),
         ).fetchone()
@@ -66,6 +69,11 @@ class Cycle:
         await asyncio.to_thread(self.api.kill)
 
 
+@pytest.mark.not_on_citus(
+    "each cycle streams answer saves from many candidates within 25 s; on Citus a save runs as "
+    "about ten steps (~90 ms, far more on the loaded 2-core cluster), so a cycle does not "
+    "finish in time (docs/scaling.md)"
+)
 async def test_api_killed_during_answer_saves(db_url: str, tmp_path: Path) -> None:
     api = ApiProcess(db_url, tmp_path / "uvicorn.log")
     await asyncio.to_thread(api.start)

@@ -24,6 +24,7 @@ from faults import (
 )
 
 from support.api import STAFF_KEY, in_process_api, make_settings
+from support.db import ANSWERS, SEQS
 
 CONNECT_TIMEOUT = 2.0  # INVIGILATOR_DB_CONNECT_TIMEOUT_SECONDS for this test
 SLACK = 3.0  # scheduling slack on a loaded 2-core machine; a hang would be far longer
@@ -143,8 +144,8 @@ async def _row(url: str, candidate_id: str) -> dict[str, Any]:
     async with await psycopg.AsyncConnection.connect(url, row_factory=dict_row) as conn:
         cur = await conn.execute(
             "SELECT "
-            "test_session_answers(candidate_id) AS pending_answers, "
-            "test_session_answer_seqs(candidate_id) AS answer_seq"
+            f"{ANSWERS} AS pending_answers, "
+            f"{SEQS} AS answer_seq"
             " FROM test_session WHERE candidate_id = %s",
             (candidate_id,),
         )

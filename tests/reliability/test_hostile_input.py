@@ -29,6 +29,7 @@ from invigilator.api.app import create_app
 from invigilator.db.connector import translate_errors
 from invigilator.domain import InvalidInput
 from support.api import STAFF_KEY, Api, assert_problem, make_settings
+from support.db import ANSWERS
 
 # Per operation and generation mode (valid, invalid): ~400 requests in all, ~20 s, most of it
 # spent generating them. INVIGILATOR_FUZZ_EXAMPLES=50 INVIGILATOR_FUZZ_RANDOM=1 runs deeper.
@@ -243,7 +244,7 @@ async def test_sql_meta_characters_are_data_everywhere(
     assert extended.status_code == 200, extended.text
     row = db.execute(
         "SELECT "
-        "test_session_answers(candidate_id) AS pending_answers, sections_completed"
+        f"{ANSWERS} AS pending_answers, sections_completed"
         " FROM test_session WHERE candidate_id = %s",
         ("meta-1",),
     ).fetchone()

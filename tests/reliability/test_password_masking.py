@@ -97,7 +97,7 @@ def test_cli_commands_never_print_a_hostile_password(db_url: str) -> None:
         password = hostile_password(special)
         reachable = (
             f"postgresql://{params.get('user', 'postgres')}:{password}@/{params['dbname']}"
-            f"?host={params['host']}"
+            f"?host={params['host']}" + (f"&port={params['port']}" if params.get("port") else "")
         )
         unreachable = f"postgresql://invigilator:{password}@127.0.0.1:1/exams?connect_timeout=3"
         runs[f"check reachable {special}"] = (

@@ -82,8 +82,11 @@ def fetch(db: psycopg.Connection[Any]) -> dict[str, Any]:
             "   AND e.type IN ('completed', 'abandoned')) AS terminal_events,"
             " test_session_status_of(t.completion_method) AS status_of_method,"
             # every committed answer, from its rows (pending_answers mirrors them: docs/schema.md)
-            " test_session_answers(t.candidate_id) AS pending_answers,"
-            " test_session_answer_seqs(t.candidate_id) AS answer_seq"
+            " (SELECT coalesce(jsonb_object_agg(x.question, x.value), '{}'::jsonb)"
+            "    FROM test_session_answer x WHERE x.candidate_id = t.candidate_id)"
+            "   AS pending_answers,"
+            " (SELECT coalesce(jsonb_object_agg(x.question, x.seq), '{}'::jsonb)"
+            "    FROM test_session_answer x WHERE x.candidate_id = t.candidate_id) AS answer_seq"
             " FROM test_session t WHERE t.candidate_id = %s",
             (CID,),
         ).fetchone()
@@ -146,12 +149,13 @@ async def apply(
         elif name == "event":
             result = await store.record_client_event(CID, "focus_lost")
         elif name == "pass":
-            result = db.execute(
+            result = db.execute(  # invigilator_plus: Citus takes no STABLE `-` in an UPDATE
                 "UPDATE test_session SET"
-                " test_start_time = test_start_time - make_interval(secs => %(s)s),"
-                " last_heartbeat = last_heartbeat - make_interval(secs => %(s)s),"
-                " last_activity = last_activity - make_interval(secs => %(s)s),"
-                " tab_closed_at = tab_closed_at - make_interval(secs => %(s)s)"
+                " test_start_time"
+                "   = invigilator_plus(test_start_time, make_interval(secs => -%(s)s)),"
+                " last_heartbeat = invigilator_plus(last_heartbeat, make_interval(secs => -%(s)s)),"
+                " last_activity = invigilator_plus(last_activity, make_interval(secs => -%(s)s)),"
+                " tab_closed_at = invigilator_plus(tab_closed_at, make_interval(secs => -%(s)s))"
                 " WHERE candidate_id = %(cid)s AND status = 'active'",
                 {"s": op[1], "cid": CID},
             ).rowcount

@@ -13,6 +13,7 @@ from invigilator.api.app import create_app
 from invigilator.api.ratelimit import TokenBuckets, candidate_call
 from invigilator.config import Settings
 from support.api import STAFF_KEY, Api, assert_problem, make_settings
+from support.db import ANSWERS
 
 
 def test_a_bucket_allows_its_burst_then_its_rate() -> None:
@@ -94,7 +95,7 @@ def test_limits_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
 def answers_of(db: psycopg.Connection[Any], candidate_id: str) -> Any:
     return db.execute(
         "SELECT "
-        "test_session_answers(candidate_id) AS pending_answers,"
+        f"{ANSWERS} AS pending_answers,"
         " (SELECT count(*) FROM test_session_event) FROM test_session"
         " WHERE candidate_id = %s",
         (candidate_id,),

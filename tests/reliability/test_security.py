@@ -35,11 +35,13 @@ PASSWORD = "Pw-" + uuid.uuid4().hex  # made at run time: never in the repository
 
 def with_password(url: str, password: str = PASSWORD) -> str:
     """The same database, as a URL that carries a password (the embedded server trusts local
-    socket connections, so it is accepted and ignored: a real connection is made)."""
+    socket connections, so it is accepted and ignored: a real connection is made). The port
+    too: a server on another (a Citus coordinator's, over trusted TCP) is not on 5432."""
     params = conninfo_to_dict(url)
+    port = f"&port={params['port']}" if params.get("port") else ""
     return (
         f"postgresql://{params.get('user', 'postgres')}:{password}@/{params['dbname']}"
-        f"?host={params['host']}"
+        f"?host={params['host']}{port}"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -13,6 +14,27 @@ from invigilator.config import Settings
 from invigilator.domain import AtDeadline, Policy, TabClosePolicy
 from invigilator.service import Sessions
 from invigilator.store import SessionStore
+
+#: Citus mode (docs/scaling.md): INVIGILATOR_TEST_DATABASE_URL names a Citus coordinator and
+#: INVIGILATOR_TEST_CITUS_WORKERS its workers ("host:port,host:port", same role and password).
+#: The template is migrated and then distributed (`db distribute`), and every test's database
+#: is cloned from it on every node under one name: Citus reaches a worker's shards in the
+#: database of the coordinator's name, so the clones form a cluster of their own.
+CITUS_WORKERS = [
+    w.strip() for w in os.environ.get("INVIGILATOR_TEST_CITUS_WORKERS", "").split(",") if w.strip()
+]
+
+#: A test_session row's committed answers and their seqs, as test_session_answers() and
+#: test_session_answer_seqs() give them, for a query FROM test_session: written out because on
+#: Citus a function that reads a table cannot run in a query pushed down to a shard.
+ANSWERS = (
+    "(SELECT coalesce(jsonb_object_agg(x.question, x.value), '{}'::jsonb)"
+    " FROM test_session_answer x WHERE x.candidate_id = test_session.candidate_id)"
+)
+SEQS = (
+    "(SELECT coalesce(jsonb_object_agg(x.question, x.seq), '{}'::jsonb)"
+    " FROM test_session_answer x WHERE x.candidate_id = test_session.candidate_id)"
+)
 
 #: The timing rules the tests run with (the documented defaults, spelled out).
 TEST_POLICY = Policy(

@@ -135,6 +135,12 @@ def terminal_event_count(conn: psycopg.Connection[Any], ids: list[str]) -> int:
 
 
 TRIPWIRE_LOCK = 4242
+#: Why a test with the tripwire is marked not_on_citus.
+TRIPWIRE_ON_ONE_SERVER = (
+    "the tripwire is a trigger and an advisory lock on one server: Citus refuses a trigger on a "
+    "distributed table unless told it is safe, and then it fires on a worker's shard, out of "
+    "reach of the test's lock on the coordinator"
+)
 
 
 def install_tripwire(conn: psycopg.Connection[Any], candidate_id: str) -> None:

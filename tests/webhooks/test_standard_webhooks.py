@@ -180,7 +180,9 @@ async def test_410_gone_turns_the_endpoint_off(
             what="the endpoint turned off",
         )
     assert len(receiver.requests) == 1  # never tried again, the later event not sent
-    rows = db.execute("SELECT status, last_status FROM webhook_delivery ORDER BY id").fetchall()
+    rows = db.execute(
+        "SELECT status, last_status FROM webhook_delivery ORDER BY created_at, id"
+    ).fetchall()
     assert rows == [("failed", 410), ("failed", None)]
     await store.start(add_candidate(db))  # nothing more is enqueued for it
     assert db.execute("SELECT count(*) FROM webhook_delivery").fetchone() == (2,)

@@ -11,7 +11,7 @@ from rich.table import Table
 from invigilator.cli.app import HELP_LAYOUT, CommandFailed, app, database, out
 from invigilator.cli.options import CreateCandidate, DatabaseUrl
 from invigilator.db import check as db_check
-from invigilator.db import migrate, verify
+from invigilator.db import distribute, migrate, verify
 
 db_app = typer.Typer(help="Create, upgrade, verify and check the database.", **HELP_LAYOUT)
 app.add_typer(db_app, name="db")
@@ -70,3 +70,14 @@ def db_check_command(database_url: DatabaseUrl = None) -> None:
 def db_sql(create_candidate_table: CreateCandidate = False) -> None:
     """Print the complete schema SQL (no connection needed), for psql users."""
     sys.stdout.write(migrate.schema_sql(create_candidate_table=create_candidate_table))
+
+
+@db_app.command("distribute", short_help="Shard the tables over a Citus cluster (idempotent).")
+def db_distribute(database_url: DatabaseUrl = None) -> None:
+    """Distribute the tables by candidate_id over a Citus cluster, after `db upgrade`
+    (idempotent; one transaction). Refused on a database without the citus extension."""
+    db = database(database_url)
+    placed = distribute.distribute(db.url, echo=lambda line: out.print(line))
+    out.print(
+        f"distributed ({len(placed)} table(s) placed now)" if placed else "already distributed"
+    )

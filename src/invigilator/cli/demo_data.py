@@ -53,7 +53,13 @@ def demo_data(
                 policy=settings.policy(),
                 on_progress=lambda n: progress.advance(task, n),
             )
-    except psycopg.errors.UniqueViolation:
+    except psycopg.Error as exc:
+        # Citus relays a worker's refusal of a COPY with its message, not always its SQLSTATE.
+        if not (
+            isinstance(exc, psycopg.errors.UniqueViolation)
+            or "duplicate key value violates unique constraint" in str(exc)
+        ):
+            raise
         raise CommandFailed(
             f"demo data for seed {seed} is already in this database: pick another --seed"
         ) from None

@@ -1,14 +1,17 @@
 """The connector: connection pools, transactions and the translation of PostgreSQL errors into
 domain errors. The one module that knows SQLSTATEs and psycopg's pool; stores hold operations
-only and reach the database through `transaction()` and `autocommit()`.
+only and reach the database through `transaction()` and `autocommit()`, each write once more
+when the database chose it as a deadlock's victim (`retried_on_deadlock`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+import functools
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, ParamSpec, TypeVar
 
 import psycopg
 from psycopg import errors as pgerrors
@@ -30,6 +33,33 @@ Cursor = psycopg.AsyncCursor[Row]
 
 UNAVAILABLE = "the database is unavailable; try again shortly"
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Deadlocked(DatabaseUnavailable):
+    """The database ended this transaction to break a deadlock (40P01): nothing of it was
+    committed. A 503 if it happens again."""
+
+
+def retried_on_deadlock(operation: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Run a store operation (its transactions) once more if the database picked it as a
+    deadlock's victim. On one server the service's lock orders leave none; on Citus a multi-shard
+    statement (a sweeper's batch) locks each shard's rows in parallel and may wait in a cycle
+    with a staff control or a submit (docs/scaling.md), and Citus cancels one of them. The
+    victim was rolled back whole, so the second run starts afresh: its guards read the rows as
+    the winner left them, and each ending stays exactly once."""
+
+    @functools.wraps(operation)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await operation(*args, **kwargs)
+        except Deadlocked:
+            return await operation(*args, **kwargs)
+
+    return run
+
+
 #: What a CHECK violation means to a caller, by constraint name.
 _CHECK_MESSAGES = {
     "test_session_duration_range": "test_duration_minutes must be between 1 and 1440",
@@ -44,6 +74,21 @@ _CHECK_MESSAGES = {
 }
 
 
+_CONSTRAINT_IN_MESSAGE = re.compile(r'constraint "([^"]+)"')
+_SHARD_SUFFIX = re.compile(r"_\d+$")
+
+
+def constraint_name(exc: psycopg.Error) -> str:
+    """The constraint an error names. Citus relays a worker's error without `constraint_name`
+    and with the shard's names in the message (`test_session_candidate_fk_102046` on
+    `test_session_102046`): read it from the message then, without the shard number. None of
+    our constraint names ends in a number."""
+    if exc.diag.constraint_name:
+        return exc.diag.constraint_name
+    found = _CONSTRAINT_IN_MESSAGE.search(exc.diag.message_primary or "")
+    return _SHARD_SUFFIX.sub("", found[1]) if found else ""
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Map PostgreSQL errors to domain errors, by constraint name or SQLSTATE. A pool that
@@ -55,14 +100,14 @@ def translate_errors() -> Iterator[None]:
     except TimeoutError as exc:  # pool exhausted or database unreachable
         raise DatabaseUnavailable(UNAVAILABLE) from exc
     except pgerrors.ForeignKeyViolation as exc:
-        if exc.diag.constraint_name == "test_session_candidate_fk":
+        if constraint_name(exc) == "test_session_candidate_fk":
             raise CandidateNotFound(
                 "no candidate with this candidate_id: create it in the host application first, "
                 "or ask for it to be created (create_candidate)"
             ) from None
         raise InvalidInput("the request refers to something that does not exist") from None
     except pgerrors.CheckViolation as exc:
-        name = exc.diag.constraint_name or ""
+        name = constraint_name(exc)
         raise InvalidInput(_CHECK_MESSAGES.get(name, f"rejected by {name}")) from None
     except pgerrors.NotNullViolation as exc:
         if exc.diag.table_name == "candidate":
@@ -92,6 +137,8 @@ def translate_errors() -> Iterator[None]:
         raise SchemaProblem(
             f"{first_line(exc)}: run `invigilator db upgrade` to bring the schema up to date"
         ) from None
+    except pgerrors.DeadlockDetected as exc:  # a subclass of OperationalError too
+        raise Deadlocked(UNAVAILABLE) from exc
     except pgerrors.QueryCanceled as exc:  # statement_timeout; a subclass of OperationalError
         raise DatabaseUnavailable("the database did not answer in time") from exc
     except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
@@ -188,7 +235,8 @@ def heartbeat_pool_for(conninfo: str, settings: Settings | None = None) -> Async
     starves the main pool:
 
     - autocommit: a batch is one statement, so one round trip, no separate COMMIT;
-    - prepared from the first use, with a generic plan: the planner otherwise re-plans
+    - prepared from the first use, with a generic plan (on one server; not on Citus, which
+      plans it its own way): the planner otherwise re-plans
       the batch statement for every array of ids (custom plans), which cost more CPU in
       PostgreSQL than executing a batch of ten (BENCHMARKS.md);
     - no liveness check before each batch (a round trip each): a batch that fails on a
@@ -202,7 +250,12 @@ def heartbeat_pool_for(conninfo: str, settings: Settings | None = None) -> Async
     async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
         conn.prepare_threshold = 0
         await conn.execute(f"SET statement_timeout = {int(statement_timeout_ms)}")
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        async with conn.cursor(row_factory=dict_row) as cur:
+            distributed = await citus_distributed(cur)
+        # Not on Citus: its planner cannot plan the batch's generic plan ("could not create
+        # distributed plan"), and it keeps plans of its own for a prepared statement.
+        if not distributed:
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
 
     return AsyncConnectionPool(
         conninfo,
@@ -215,3 +268,18 @@ def heartbeat_pool_for(conninfo: str, settings: Settings | None = None) -> Async
         open=False,
         name="invigilator-heartbeats",
     )
+
+
+async def citus_distributed(cur: Cursor) -> bool:
+    """Whether `db distribute` has sharded test_session (Citus). pg_dist_partition exists only
+    with the citus extension, hence two statements."""
+    await cur.execute("SELECT to_regclass('pg_dist_partition') IS NOT NULL AS citus")
+    row = await cur.fetchone()
+    if not (row and row["citus"]):
+        return False
+    await cur.execute(
+        "SELECT EXISTS (SELECT FROM pg_dist_partition"
+        " WHERE logicalrelid = to_regclass('test_session')) AS distributed"
+    )
+    row = await cur.fetchone()
+    return bool(row and row["distributed"])

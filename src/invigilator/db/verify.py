@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from invigilator import sql
-from invigilator.db import migrate
+from invigilator.db import distribute, migrate
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,9 @@ EXPECTED_TRIGGERS = {
     # Migration 0002: the webhook outbox, written in the transaction of the change.
     "test_session_webhook_started": {"INSERT"},
     "test_session_webhook_changed": {"UPDATE"},
+    # Migration 0012: a session's deliveries go with it (the cascade of a foreign key that a
+    # session.erased delivery's key cannot satisfy).
+    "test_session_webhook_erase": {"DELETE"},
 }
 
 #: Migration 0002's tables and the constraints the service relies on, by name (the secret's
@@ -64,7 +67,7 @@ EXPECTED_WEBHOOK_CONSTRAINTS = {
         "webhook_delivery_pkey": "p",
         "webhook_delivery_event_unique": "u",
         "webhook_delivery_endpoint_fk": "f",
-        "webhook_delivery_session_fk": "f",
+        "webhook_delivery_erased_key": "c",
         "webhook_delivery_status_check": "c",
     },
 }
@@ -183,6 +186,8 @@ def verify(conn: psycopg.Connection[Any]) -> list[Check]:
     for name in EXPECTED_WEBHOOK_INDEXES:
         checks.append(Check(f"index {name}", name in webhook_indexes))
 
+    checks.extend(distribution_checks(conn))
+
     done = migrate.applied_versions(conn)
     missing = [m for m in sql.migrations() if m.version not in done]
     changed = [
@@ -201,5 +206,37 @@ def verify(conn: psycopg.Connection[Any]) -> list[Check]:
         names = ", ".join(f"{m.version:04d}" for m in changed)
         checks.append(
             Check("migration files unchanged since applied", True, f"note: edited {names}")
+        )
+    return checks
+
+
+def distribution_checks(conn: psycopg.Connection[Any]) -> list[Check]:
+    """Whether the database is distributed (Citus, `db distribute`), and if so, as planned:
+    every table of a session by candidate_id in one co-location group, webhook_endpoint a
+    reference table. Not distributed is no failure; half distributed is."""
+    state = distribute.inspect(conn)
+    if not state.is_citus:
+        return [Check("distributed", True, "no: plain PostgreSQL (no citus extension)")]
+    if state.untouched:
+        return [
+            Check(
+                "distributed",
+                True,
+                f"no: citus {state.citus_version}, tables local (`invigilator db distribute`)",
+            )
+        ]
+    problems = state.problems()
+    checks = [Check("distributed", not problems, f"citus {state.citus_version}")]
+    for p in distribute.PLAN:
+        got = state.tables[p.table]
+        detail = got.kind
+        if got.kind == "distributed":
+            detail += f" by {got.column}, {got.shard_count} shards, group {got.colocation_id}"
+        checks.append(
+            Check(
+                f"{p.table} {p.kind}",
+                not any(problem.startswith(f"{p.table} ") for problem in problems),
+                detail,
+            )
         )
     return checks

@@ -48,6 +48,12 @@ def privacy_queries() -> dict[str, str]:
     return parse_queries(resources.files(__name__).joinpath("privacy.sql").read_text("utf-8"))
 
 
+@cache
+def citus_queries() -> dict[str, str]:
+    """The statements of `db distribute` on a Citus coordinator (sql/citus.sql)."""
+    return parse_queries(resources.files(__name__).joinpath("citus.sql").read_text("utf-8"))
+
+
 @dataclass(frozen=True)
 class Migration:
     version: int

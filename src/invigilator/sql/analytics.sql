@@ -81,26 +81,33 @@ WITH stored AS (
       FROM stored x
 ), spread AS (
     -- Sessions whose pages came from more than one device (user agent) or address
-    -- (migration 0007): one probe of the page claims by candidate_id per session.
+    -- (migration 0007): one probe of the page claims by candidate_id per session of the
+    -- window. The window's rows are read again rather than from `stored`: Citus cannot push
+    -- a subquery correlated with a CTE down to the shards ("cannot push down this subquery"),
+    -- and one correlated with the table on its distribution column it can.
     SELECT count(*) AS either,
            count(*) FILTER (WHERE y.devices > 1) AS devices,
            count(*) FILTER (WHERE y.addresses > 1) AS addresses
-      FROM stored x
+      FROM test_session t
      CROSS JOIN LATERAL (
            SELECT count(DISTINCT coalesce(p.user_agent, '')) AS devices,
                   count(DISTINCT coalesce(p.client_address, '')) AS addresses
-             FROM test_session_page p WHERE p.candidate_id = x.candidate_id) y
-     WHERE y.devices > 1 OR y.addresses > 1
+             FROM test_session_page p WHERE p.candidate_id = t.candidate_id) y
+     WHERE t.test_start_time >= %(since)s::timestamptz
+       AND t.test_start_time < %(until)s::timestamptz
+       AND (y.devices > 1 OR y.addresses > 1)
 ), focus AS (
     -- Those who gave up and lost focus (or hid the tab) before the end: one probe of the
-    -- event log by candidate_id per such session (idx_test_session_event_focus).
-    SELECT count(*) AS n
+    -- event log by candidate_id per such session (idx_test_session_event_focus). A join, not
+    -- a correlated EXISTS: Citus joins the sessions to each shard's events, and refuses a
+    -- correlated subquery here.
+    SELECT count(DISTINCT s.leaver_id) AS n
       FROM s
+      JOIN test_session_event e
+        ON e.candidate_id = s.leaver_id
+       AND e.type IN ('focus_lost', 'tab_hidden')
+       AND e.at <= s.leaver_end
      WHERE s.leaver_id IS NOT NULL
-       AND EXISTS (SELECT FROM test_session_event e
-                    WHERE e.candidate_id = s.leaver_id
-                      AND e.type IN ('focus_lost', 'tab_hidden')
-                      AND e.at <= s.leaver_end)
 ), flagged AS (
     -- Sessions of the window with at least one incident, by their most serious one: read from
     -- the incidents (few) recorded since the window began (none is older than its session),
@@ -313,17 +320,19 @@ WITH live AS MATERIALIZED (
            spread.devices > 1 OR spread.addresses > 1 AS multiple_devices,
            coalesce(f.n, 0) AS incidents,
            (ARRAY['low', 'medium', 'high']::text[])[f.worst] AS flag
-      FROM test_session t
-     CROSS JOIN invigilator_rules(%(policy)s::jsonb) AS c
-     CROSS JOIN test_session_page_spread(t.candidate_id) AS spread
-      -- one index probe per running session (idx_test_session_incident_session)
-      LEFT JOIN LATERAL (
-          SELECT count(*) AS n,
-                 max(array_position(ARRAY['low', 'medium', 'high']::text[], i.severity::text))
-                     AS worst
-            FROM test_session_incident i
-           WHERE i.candidate_id = t.candidate_id
-      ) f ON true
+      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c,
+           -- test_session_page_spread(t.candidate_id), written out: on Citus a function that
+           -- reads a table cannot run in a statement pushed down to a shard.
+           LATERAL (SELECT count(DISTINCT coalesce(p.user_agent, ''))::integer AS devices,
+                           count(DISTINCT coalesce(p.client_address, ''))::integer AS addresses
+                      FROM test_session_page p
+                     WHERE p.candidate_id = t.candidate_id) AS spread,
+           -- one index probe per running session (idx_test_session_incident_session)
+           LATERAL (SELECT count(*) AS n,
+                           max(array_position(ARRAY['low', 'medium', 'high']::text[],
+                                              i.severity::text)) AS worst
+                      FROM test_session_incident i
+                     WHERE i.candidate_id = t.candidate_id) AS f
      WHERE t.status = 'active'
        AND test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
                              t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,

@@ -20,7 +20,8 @@ SELECT %(candidate_id)s, c.at, %(duration_minutes)s, %(planned_sections)s, %(pag
        %(time_multiplier)s, %(accommodation_minutes)s
   FROM invigilator_act(%(actor)s, %(policy)s::jsonb) AS c
     ON CONFLICT (candidate_id) DO NOTHING
-RETURNING *, now() AS server_now;
+-- the statement's clock (c.at): on Citus a now() here would be the worker's
+RETURNING *, test_start_time AS server_now;
 
 -- create_candidate --
 -- Create a minimal candidate row for a host app that has none (an explicit option).
@@ -28,9 +29,15 @@ INSERT INTO candidate (candidate_id) VALUES (%(candidate_id)s) ON CONFLICT DO NO
 
 -- get_session --
 -- One session as stored, with every committed answer (from its rows) and the database clock.
-SELECT t.*, test_session_answers(t.candidate_id) AS answers,
-       test_session_answer_seqs(t.candidate_id) AS seqs, now() AS server_now
+-- The answers as test_session_answers() has them, written out as a join: on Citus a function
+-- that reads a table cannot run inside a statement pushed down to a shard.
+SELECT t.*, a.answers, a.seqs, now() AS server_now
   FROM test_session t
+ CROSS JOIN LATERAL (
+           SELECT coalesce(jsonb_object_agg(x.question, x.value), '{}'::jsonb) AS answers,
+                  coalesce(jsonb_object_agg(x.question, x.seq), '{}'::jsonb) AS seqs
+             FROM test_session_answer x
+            WHERE x.candidate_id = t.candidate_id) AS a
  WHERE t.candidate_id = %(candidate_id)s;
 
 -- heartbeat_batch --
@@ -168,6 +175,70 @@ SELECT s.candidate_id, s.status, s.deadline, s.paused_at, s.at AS server_now,
        coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
   FROM session s;
 
+-- save_answers_distributed --
+-- save_answers for a distributed database (Citus), the same save with the rules as an argument
+-- rather than a FROM item: Citus cannot take a function in FROM into a locking CTE that a
+-- write reads ("missing data for column"; the clock is now(), as in invigilator_rules). Not on
+-- one server: there the rules inline only over a FROM item, and the argument form cost about
+-- twice the save's backend CPU. Citus runs it as about ten steps, each on a snapshot of its
+-- own; the total still moves by what each row says it added, on its latest version.
+WITH session AS (
+    SELECT t.candidate_id, t.status, t.deadline, t.paused_at, now() AS at
+      FROM test_session t
+     WHERE t.candidate_id = %(candidate_id)s
+       AND test_session_takes_answers(t.status, t.deadline, t.last_heartbeat,
+                                      t.test_start_time, t.tab_closed_at, t.paused_at,
+                                      t.resumed_at, t.abandon_after_seconds, t.tab_close,
+                                      t.at_deadline, t.grace_seconds, t.time_multiplier,
+                                      invigilator_rules(%(policy)s::jsonb))
+       AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
+       FOR SHARE OF t
+), saved AS (
+    INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, bytes_added,
+                                          saved_at)
+    SELECT s.candidate_id, n.question, n.value, %(seq)s::bigint, n.bytes,
+           n.bytes + octet_length(n.question), s.at
+      FROM session s,
+           LATERAL (SELECT e.key AS question, e.value, octet_length(e.value::text) AS bytes
+                      FROM jsonb_each(%(answers)s::jsonb) AS e) AS n
+        ON CONFLICT (candidate_id, question) DO UPDATE
+       SET value = excluded.value, seq = excluded.seq, bytes = excluded.bytes,
+           bytes_added = excluded.bytes - a.bytes, saved_at = excluded.saved_at
+     WHERE a.seq <= excluded.seq
+    -- first: bytes_added is the size of the answer and its question only for a new row (an
+    -- update would need a replaced answer of negative size)
+    RETURNING a.question, a.bytes_added, a.bytes_added = a.bytes + octet_length(a.question) AS first
+), total AS (
+    INSERT INTO test_session_answer_total AS x (candidate_id, bytes)
+    SELECT s.candidate_id, (SELECT coalesce(sum(d.bytes_added), 0) FROM saved d)
+      FROM session s
+        ON CONFLICT (candidate_id) DO UPDATE SET bytes = x.bytes + excluded.bytes
+    RETURNING x.bytes
+), unsynced AS (
+    INSERT INTO test_session_answer_unsynced (candidate_id, since)
+    SELECT s.candidate_id, s.at FROM session s
+        ON CONFLICT (candidate_id) DO NOTHING
+), seen AS (
+    UPDATE test_session_page p SET last_seen = s.at
+      FROM session s
+     WHERE p.candidate_id = s.candidate_id AND p.page_id = %(page_id)s
+), event AS (
+    INSERT INTO test_session_event (candidate_id, type, actor, detail)
+    SELECT s.candidate_id, 'answers_saved', 'candidate',
+           jsonb_build_object('questions', q.questions, 'seq', %(seq)s::bigint)
+      FROM session s,
+           (SELECT jsonb_agg(x.question ORDER BY x.question) AS questions
+              FROM saved x WHERE x.first) AS q
+     WHERE q.questions IS NOT NULL
+)
+SELECT s.candidate_id, s.status, s.deadline, s.paused_at, s.at AS server_now,
+       (SELECT CASE WHEN x.bytes > %(max_total_bytes)s::bigint
+                    THEN test_session_answers_too_large(x.bytes, %(max_total_bytes)s::bigint)
+                    ELSE x.bytes END
+          FROM total x) AS total_bytes,
+       coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
+  FROM session s;
+
 -- current_answers --
 -- What the server holds for these questions (value and seq): a save that was superseded tells
 -- its page the newer answer, which the page then shows.
@@ -227,13 +298,22 @@ SELECT s.candidate_id, s.pages, (SELECT count(*) FROM superseded) AS superseded
 -- sync_answers --
 -- Refresh the guide's pending_answers (and answer_seq) from the rows, for these sessions: at a
 -- session's end, and for the sweeper's batch of sessions whose rows changed since.
+-- The rows are aggregated in FROM, not by test_session_answers(): Citus refuses a STABLE
+-- function over a column in an UPDATE.
 WITH synced AS (
     DELETE FROM test_session_answer_unsynced u WHERE u.candidate_id = ANY (%(candidate_ids)s)
 )
 UPDATE test_session t
-   SET pending_answers = test_session_answers(t.candidate_id),
-       answer_seq = test_session_answer_seqs(t.candidate_id)
- WHERE t.candidate_id = ANY (%(candidate_ids)s);
+   SET pending_answers = coalesce(a.answers, '{}'::jsonb),
+       answer_seq = coalesce(a.seqs, '{}'::jsonb)
+  FROM test_session s
+  LEFT JOIN (SELECT x.candidate_id, jsonb_object_agg(x.question, x.value) AS answers,
+                    jsonb_object_agg(x.question, x.seq) AS seqs
+               FROM test_session_answer x
+              WHERE x.candidate_id = ANY (%(candidate_ids)s)
+              GROUP BY x.candidate_id) AS a ON a.candidate_id = s.candidate_id
+ WHERE t.candidate_id = ANY (%(candidate_ids)s)
+   AND s.candidate_id = t.candidate_id;
 
 -- find_unsynced --
 -- The sessions whose pending_answers has lagged their rows for at least `delay`, oldest first,
@@ -244,6 +324,15 @@ SELECT u.candidate_id
  ORDER BY u.since
  LIMIT %(limit)s
    FOR UPDATE OF u SKIP LOCKED;
+
+-- find_unsynced_unlocked --
+-- find_unsynced without the lock, for a distributed database (Citus refuses FOR UPDATE across
+-- shards): two sweepers may refresh the same session, which is harmless (sync_answers copies).
+SELECT u.candidate_id
+  FROM test_session_answer_unsynced u
+ WHERE u.since <= now() - %(delay)s::interval
+ ORDER BY u.since
+ LIMIT %(limit)s;
 
 -- record_tab_close --
 -- The tab is closing (a beacon): start the tab-close grace.
@@ -340,7 +429,8 @@ RETURNING t.*, c.at AS server_now;
 -- Open an ended session again with `minutes` left, its clock waiting (paused) until its page
 -- is next heard from (start_reopened_clock). The time since the end counts as paused; the
 -- adjustment makes the deadline now + minutes. The earlier ending stays in the timeline. A
--- session whose answers retention removed stays ended.
+-- session whose answers retention removed stays ended. invigilator_plus, not `+`: Citus
+-- refuses a STABLE operator over a column in an UPDATE.
 UPDATE test_session t
    SET status = 'active',
        completion_method = NULL,
@@ -350,7 +440,8 @@ UPDATE test_session t
        awaiting_candidate = true,
        paused_seconds = t.paused_seconds + greatest(extract(epoch FROM c.at - t.completed_at), 0),
        reopen_adjust_seconds = t.reopen_adjust_seconds
-           + extract(epoch FROM c.at + %(minutes)s::integer * interval '1 minute' - t.deadline)
+           + extract(epoch FROM invigilator_plus(c.at, %(minutes)s::integer * interval '1 minute')
+                                - t.deadline)
            - greatest(extract(epoch FROM c.at - t.completed_at), 0),
        reopen_count = t.reopen_count + 1,
        reopened_at = c.at
@@ -396,6 +487,39 @@ SELECT t.candidate_id
                               t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
  LIMIT %(limit)s
    FOR UPDATE OF t SKIP LOCKED;
+
+-- find_due_unlocked --
+-- find_due without the lock, for a distributed database (Citus refuses FOR UPDATE … SKIP LOCKED
+-- with LIMIT across shards). Still exactly once: finalize evaluates the guard again under each
+-- row's lock. What is lost is only the split of work: sweepers may pick the same sessions, and
+-- the later one then finds them ended.
+SELECT t.candidate_id
+  FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
+ WHERE t.status = 'active'
+   AND NOT test_session_open(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                             t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                             t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
+ ORDER BY test_session_due_at(t.status, t.deadline, t.last_heartbeat, t.test_start_time,
+                              t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
+                              t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
+ LIMIT %(limit)s;
+
+-- shards_of --
+-- On a distributed database only: the shard of test_session each of these sessions is on, for
+-- the sweeper's batch one shard at a time.
+SELECT get_shard_id_for_distribution_column('test_session', x.candidate_id) AS shard
+  FROM unnest(%(candidate_ids)s::text[]) WITH ORDINALITY AS x(candidate_id, n)
+ ORDER BY x.n;
+
+-- distributed --
+-- Whether the citus extension is installed; then distributed_session asks whether test_session
+-- is sharded (pg_dist_partition exists only with the extension).
+SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') AS citus;
+
+-- distributed_session --
+-- Asked only where citus is installed: is test_session distributed (`db distribute`)?
+SELECT EXISTS (SELECT FROM pg_dist_partition
+                WHERE logicalrelid = 'test_session'::regclass) AS distributed;
 
 -- finalize --
 -- End each of these sessions that is due, as the rules say: the one ending statement of lazy
@@ -466,8 +590,11 @@ SELECT t.candidate_id::text AS candidate_id
  LIMIT %(limit)s;
 
 -- list_events --
--- A session's timeline, oldest first.
+-- A session's timeline, oldest first: by time, then id within one transaction. Not by id
+-- alone: on Citus an event written through the coordinator (an answer save, a browser event)
+-- takes the coordinator's range of ids and one written by a trigger on the shard the worker's
+-- (docs/scaling.md), so ids are unique but not in time order across the two.
 SELECT e.id, e.candidate_id, e.type, e.at, e.actor, e.detail
   FROM test_session_event e
  WHERE e.candidate_id = %(candidate_id)s
- ORDER BY e.id;
+ ORDER BY e.at, e.id;

@@ -51,12 +51,21 @@ class WebhookStore:
     def __init__(self, pool: AsyncConnectionPool[Any], box: SecretBox | None = None) -> None:
         self.pool = pool
         self._box = box
+        self._sharded: bool | None = None  # learnt once: is webhook_delivery distributed?
 
     @property
     def box(self) -> SecretBox:
         if self._box is None:
             raise RuntimeError("this WebhookStore was made without a SecretBox")
         return self._box
+
+    async def _is_sharded(self) -> bool:
+        if self._sharded is None:
+            rows = await self._all("citus_installed")
+            self._sharded = bool(rows[0]["citus"]) and bool(
+                (await self._all("delivery_sharded"))[0]["sharded"]
+            )
+        return self._sharded
 
     async def _all(self, name: str, **params: Any) -> list[Row]:
         async with transaction(self.pool) as cur:
@@ -73,9 +82,12 @@ class WebhookStore:
             await self._all("deactivate_env_endpoint")
 
     async def claim(self, limit: int, lease: timedelta, *, env_secret_known: bool) -> list[Claimed]:
-        rows = await self._all(
-            "claim_due", limit=limit, lease=lease, env_secret_known=env_secret_known
-        )
+        if await self._is_sharded():
+            rows = await self._claim_in_two_steps(limit, lease, env_secret_known)
+        else:
+            rows = await self._all(
+                "claim_due", limit=limit, lease=lease, env_secret_known=env_secret_known
+            )
         return [self._claimed(r) for r in rows]
 
     def _claimed(self, r: Row) -> Claimed:
@@ -107,12 +119,40 @@ class WebhookStore:
             include_answers=r["include_answers"],
         )
 
-    async def delivered(self, delivery_id: int, http_status: int) -> None:
-        await self._all("record_delivered", id=delivery_id, http_status=http_status)
+    async def _claim_in_two_steps(
+        self, limit: int, lease: timedelta, env_secret_known: bool
+    ) -> list[Row]:
+        """claim_due on a distributed outbox (Citus): pick, then lease what is still due."""
+        async with transaction(self.pool) as cur:
+            await cur.execute(Q["pick_due"], {"limit": limit, "env_secret_known": env_secret_known})
+            picked = await cur.fetchall()
+            if not picked:
+                return []
+            await cur.execute(
+                Q["claim_picked"],
+                {
+                    "lease": lease,
+                    "candidate_ids": [r["candidate_id"] for r in picked],
+                    "ids": [r["id"] for r in picked],
+                },
+            )
+            rows = await cur.fetchall()
+        order = {r["id"]: i for i, r in enumerate(picked)}  # claim_due's order: oldest due first
+        return sorted(rows, key=lambda r: order[r["id"]])
+
+    # The worker's records name the delivery by its key, (candidate_id, id): on Citus one shard.
+
+    async def delivered(self, delivery: Claimed, http_status: int) -> None:
+        await self._all(
+            "record_delivered",
+            candidate_id=delivery.candidate_id,
+            id=delivery.id,
+            http_status=http_status,
+        )
 
     async def failed_attempt(
         self,
-        delivery_id: int,
+        delivery: Claimed,
         *,
         http_status: int | None,
         error: str,
@@ -122,7 +162,8 @@ class WebhookStore:
         """Record a failed attempt; True when the delivery was given up (status failed)."""
         rows = await self._all(
             "record_failed_attempt",
-            id=delivery_id,
+            candidate_id=delivery.candidate_id,
+            id=delivery.id,
             http_status=http_status,
             error=error[:500],
             delay=delay,
@@ -130,9 +171,17 @@ class WebhookStore:
         )
         return bool(rows) and rows[0]["status"] == "failed"
 
-    async def gone(self, delivery_id: int, error: str) -> None:
+    async def gone(self, delivery: Claimed, error: str) -> None:
         """The receiver answered 410 Gone: fail the delivery and turn its endpoint off."""
-        await self._all("gone", id=delivery_id, error=error[:500])
+        async with transaction(self.pool) as cur:
+            if await self._is_sharded():
+                # The delivery (sharded), then its endpoint (a reference table, on every node),
+                # in one statement: Citus takes that only one connection per node at a time.
+                await cur.execute("SET LOCAL citus.multi_shard_modify_mode = 'sequential'")
+            await cur.execute(
+                Q["gone"],
+                {"candidate_id": delivery.candidate_id, "id": delivery.id, "error": error[:500]},
+            )
 
     async def reseal(self) -> int:
         """Encrypt 0002's clear secrets and re-encrypt those under an older key; how many

@@ -229,7 +229,7 @@ class DeliveryWorker:
         metrics.WEBHOOK_LATENCY.observe(time.perf_counter() - started)
         try:
             if not error and status is not None:
-                await self.outbox.delivered(delivery.id, status)
+                await self.outbox.delivered(delivery, status)
                 metrics.WEBHOOK_DELIVERED.labels(type=delivery.type).inc()
                 log.info(
                     "webhook delivered: delivery %d (%s) to endpoint %d, attempt %d",
@@ -241,7 +241,7 @@ class DeliveryWorker:
                 return
             metrics.WEBHOOK_FAILURES.labels(reason=reason).inc()
             if status == 410:
-                await self.outbox.gone(delivery.id, error)
+                await self.outbox.gone(delivery, error)
                 metrics.WEBHOOK_GIVEN_UP.labels(type=delivery.type).inc()
                 log.warning(
                     "webhook endpoint %d disabled: its receiver answered 410 Gone "
@@ -253,7 +253,7 @@ class DeliveryWorker:
                 return
             delay = backoff(delivery.attempts, self.backoff_base, self.backoff_max)
             gave_up = await self.outbox.failed_attempt(
-                delivery.id,
+                delivery,
                 http_status=status,
                 error=error,
                 delay=timedelta(seconds=delay),
