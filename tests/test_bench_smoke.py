@@ -28,11 +28,11 @@ def test_heartbeat_harness_runs_a_tiny_load(
     cfg = heartbeat.Config(
         candidates=50,
         workers=1,
-        duration=1.5,
-        warmup=0.5,
+        duration=0.6,
+        warmup=0.3,
         connections=4,
         interval=0.5,  # 50 candidates every 0.5 s: 100 requests/s open loop
-        rate_duration=1.5,
+        rate_duration=0.6,
         scenarios=["invigilator", "rate_invigilator"],
         out=out,
         quiet=True,
@@ -66,7 +66,7 @@ def test_answers_bench_runs_its_three_parts_at_tiny_sizes(
         assert cost["questions"] == 1
         for storage in ("rows", "jsonb", "floor"):
             assert cost[storage]["wal_bytes_per_save"] > 0, storage
-        api = answers.measure_api(pg, url, 0.5, 1, tmp_path, sizes=(3,))
+        api = answers.measure_api(pg, url, 0.3, 1, tmp_path, sizes=(3,))
         assert api[0]["saves"] > 0 and api[0]["errors"] == 0
         cfg = answers.MixedConfig(
             ladders={"rows": [4], "jsonb": [4]},

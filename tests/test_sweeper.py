@@ -314,7 +314,7 @@ def _scans(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> 
 def test_the_sweepers_and_the_guides_queries_use_the_live_index_not_the_table(
     db: psycopg.Connection[Any],
 ) -> None:
-    # A table that has run for a while: 200k sessions ended long ago, a thousand running,
+    # A table that has run for a while: 50k sessions ended long ago, a thousand running,
     # a handful due.
     skipping_triggers = False
     with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
@@ -322,7 +322,7 @@ def test_the_sweepers_and_the_guides_queries_use_the_live_index_not_the_table(
         # deadline); only a superuser may skip them, and the test holds either way.
         db.execute("SET session_replication_role = replica")
         skipping_triggers = True
-    add_ended_sessions(db, "old-", 200_000, with_events=False)
+    add_ended_sessions(db, "old-", 50_000, with_events=False)
     if skipping_triggers:
         db.execute("RESET session_replication_role")
     add_sessions(db, "live-", 1000, started_ago=minutes(10), heartbeat_ago=seconds(5))
