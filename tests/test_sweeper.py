@@ -308,7 +308,7 @@ def _scans(conn: psycopg.Connection[Any], name: str, params: dict[str, Any]) -> 
 
 
 @pytest.mark.not_on_citus(
-    "EXPLAIN on a coordinator shows the distributed plan, not the shard's (and the 200k rows' "
+    "EXPLAIN on a coordinator shows the distributed plan, not the shard's (and the 50k rows' "
     "triggers fire on the workers: session_replication_role is not sent there)"
 )
 def test_the_sweepers_and_the_guides_queries_use_the_live_index_not_the_table(
