@@ -70,13 +70,14 @@ def _drop(server_url: str, name: str) -> None:
     for node in _nodes(server_url):
         with _admin(node) as admin:
             # FORCE ends backends, not Citus's maintenance daemon, which may be reconnecting
-            # at that moment: then try again.
-            for attempt in range(50):
+            # at that moment: then try again, for up to 10 s (2.5 s was once too short on a
+            # worker, with 4 sessions still in the clone).
+            for attempt in range(200):
                 try:
                     admin.execute(drop)
                     break
                 except psycopg.errors.ObjectInUse:
-                    if attempt == 49 or not CITUS_WORKERS:
+                    if attempt == 199 or not CITUS_WORKERS:
                         raise
                     time.sleep(0.05)
 
