@@ -27,6 +27,7 @@ from invigilator.db.connector import (
     Cursor,
     Row,
     autocommit,
+    citus_distributed,
     constraint_name,
     retried_on_deadlock,
     transaction,
@@ -94,14 +95,7 @@ class SessionStore:
 
     async def _is_distributed(self, cur: Cursor) -> bool:
         if self._distributed is None:
-            await cur.execute(Q["distributed"])
-            row = await cur.fetchone()
-            if row and row["citus"]:
-                await cur.execute(Q["distributed_session"])
-                row = await cur.fetchone()
-                self._distributed = bool(row and row["distributed"])
-            else:
-                self._distributed = False
+            self._distributed = await citus_distributed(cur)
         return self._distributed
 
     async def _act_on_workers(self, cur: Cursor, actor: str, reason: str | None = None) -> None:

@@ -511,16 +511,6 @@ SELECT get_shard_id_for_distribution_column('test_session', x.candidate_id) AS s
   FROM unnest(%(candidate_ids)s::text[]) WITH ORDINALITY AS x(candidate_id, n)
  ORDER BY x.n;
 
--- distributed --
--- Whether the citus extension is installed; then distributed_session asks whether test_session
--- is sharded (pg_dist_partition exists only with the extension).
-SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') AS citus;
-
--- distributed_session --
--- Asked only where citus is installed: is test_session distributed (`db distribute`)?
-SELECT EXISTS (SELECT FROM pg_dist_partition
-                WHERE logicalrelid = 'test_session'::regclass) AS distributed;
-
 -- finalize --
 -- End each of these sessions that is due, as the rules say: the one ending statement of lazy
 -- expiry (one id) and of the sweeper (its batch). The guard is evaluated on the row as it is
