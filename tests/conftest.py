@@ -1,6 +1,7 @@
 """Test databases: one real PostgreSQL per run (embedded, or $INVIGILATOR_TEST_DATABASE_URL),
-a migrated template database made once, and a fresh clone of it for every test; the store and
-the app in-process on that clone."""
+a migrated template database made once, and for every test a clone of it that is its alone
+(emptied and lent again when the test left its schema alone); the store and the app
+in-process on that database."""
 
 from __future__ import annotations
 
@@ -110,6 +111,8 @@ def template_db(server_url: str) -> Iterator[str]:
     if CITUS_WORKERS:
         distribute.distribute(database_url(server_url, TEMPLATE))
     yield TEMPLATE
+    while _databases.spare:
+        _drop(server_url, _databases.spare.pop()[0])
     _drop(server_url, TEMPLATE)
 
 
@@ -161,10 +164,170 @@ def _fresh_database(server_url: str, template: str | None) -> Iterator[str]:
             )
 
 
+#: Catalogs whose rows are a database's schema: any DDL, grant, comment or ALTER DATABASE SET
+#: inserts, updates or deletes one of their rows, and so changes the set of (ctid, xmin) pairs.
+#: Statistics are written in place and leave them alone.
+_SCHEMA_CATALOGS = (
+    "pg_class",
+    "pg_attribute",
+    "pg_attrdef",
+    "pg_constraint",
+    "pg_index",
+    "pg_inherits",
+    "pg_proc",
+    "pg_type",
+    "pg_namespace",
+    "pg_trigger",
+    "pg_rewrite",
+    "pg_policy",
+    "pg_event_trigger",
+    "pg_extension",
+    "pg_description",
+    "pg_sequence",
+    "pg_enum",
+    "pg_cast",
+    "pg_operator",
+    "pg_aggregate",
+    "pg_language",
+    "pg_collation",
+    "pg_default_acl",
+    "pg_statistic_ext",
+    "pg_publication",
+    "pg_largeobject_metadata",
+)
+_FINGERPRINT = pgsql.SQL(
+    "SELECT md5(concat_ws('|', {}, (SELECT string_agg(ctid::text || xmin::text, ',' ORDER BY"
+    " ctid) FROM pg_db_role_setting WHERE setdatabase = (SELECT oid FROM pg_database WHERE"
+    " datname = current_database()))))"
+).format(
+    pgsql.SQL(", ").join(
+        pgsql.SQL(
+            "(SELECT string_agg(ctid::text || xmin::text, ',' ORDER BY ctid) FROM {})"
+        ).format(pgsql.Identifier(catalog))
+        for catalog in _SCHEMA_CATALOGS
+    )
+)
+
+
+class _Databases:
+    """This worker's clones of the template, lent to one test at a time.
+
+    A clone costs PostgreSQL two checkpoints (FILE_COPY) and its first connections cold
+    catalog caches; with four workers each CREATE DATABASE waited ~0.7 s for the others'
+    checkpoints. So a test's database is given back instead: every other connection to it
+    ended, its tables emptied, its sequences and statistics reset. It goes back only if the
+    test left its schema alone (the catalogs' fingerprint is the one it was lent with) and
+    its seeded rows (the migrations' record) as the template has them; otherwise it is
+    dropped, and the next test gets a fresh clone."""
+
+    def __init__(self) -> None:
+        self.spare: list[tuple[str, str]] = []  # (name, fingerprint after its last cleaning)
+        self._tables: tuple[str, ...] | None = None  # the template's empty tables
+        self._seeded: str | None = None  # the template's non-empty tables, as text
+        self._seeded_tables: tuple[str, ...] = ()
+        self.reusable: bool | None = None
+
+    def lend(self, server_url: str, template: str) -> Iterator[str]:
+        if self.reusable is None:  # resetting statistics takes a superuser
+            with _admin(server_url) as admin:
+                self.reusable = admin.execute(
+                    "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+                ).fetchone() == (True,)
+        if not self.reusable:
+            yield from _fresh_database(server_url, template)
+            return
+        if self.spare:
+            name, baseline = self.spare.pop()
+        else:
+            name = f"invigilator_test_{uuid.uuid4().hex[:12]}"
+            with _admin(server_url) as admin:
+                _clone(admin, name, template)
+            baseline = self._clean(database_url(server_url, name), first=True)
+        yield database_url(server_url, name)
+        cleaned = self._clean(database_url(server_url, name), first=False, baseline=baseline)
+        if cleaned is None:
+            _drop(server_url, name)
+        else:
+            self.spare.append((name, cleaned))
+
+    def _clean(self, url: str, *, first: bool, baseline: str = "") -> Any:
+        with psycopg.connect(url, autocommit=True) as conn:
+            # A test's stray connections (a server thread still closing) are ended and
+            # waited for (up to 5 s each), so none sees the next test's rows.
+            conn.execute(
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            if self._tables is None:
+                self._learn(conn)
+            if not first:
+                if conn.execute(_FINGERPRINT).fetchone() != (baseline,):
+                    return None
+                if self._seeded_text(conn) != self._seeded:
+                    return None
+                if conn.execute(
+                    "SELECT 1 FROM pg_prepared_xacts WHERE database = current_database()"
+                ).fetchone():
+                    return None
+                self._empty(conn)
+            row = conn.execute(_FINGERPRINT).fetchone()
+            return row[0] if row else None
+
+    def _learn(self, conn: psycopg.Connection[Any]) -> None:
+        """Which of the template's tables have rows (kept as they are) and which do not
+        (emptied after each test)."""
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN"
+                " ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_t%'"
+                " ORDER BY 1"
+            ).fetchall()
+        ]
+        seeded = [t for t in tables if conn.execute(f"SELECT EXISTS (TABLE {t})").fetchone()[0]]
+        self._tables = tuple(t for t in tables if t not in seeded)
+        self._seeded_tables = tuple(seeded)
+        self._seeded = self._seeded_text(conn)
+
+    def _seeded_text(self, conn: psycopg.Connection[Any]) -> str:
+        parts = [
+            conn.execute(f"SELECT string_agg(t::text, ',' ORDER BY t::text) FROM {t} t").fetchone()
+            for t in self._seeded_tables
+        ]
+        return repr(parts)
+
+    def _empty(self, conn: psycopg.Connection[Any]) -> None:
+        assert self._tables is not None
+        if self._tables:
+            filled = conn.execute(
+                " UNION ALL ".join(f"SELECT '{t}' WHERE EXISTS (TABLE {t})" for t in self._tables)
+            ).fetchall()
+            if filled:
+                conn.execute("TRUNCATE " + ", ".join(r[0] for r in filled) + " CASCADE")
+        # As a fresh clone has them: sequences unused, no column statistics.
+        conn.execute(
+            "SELECT setval(format('%I.%I', schemaname, sequencename)::regclass, start_value,"
+            " false) FROM pg_sequences WHERE last_value IS NOT NULL"
+        )
+        conn.execute(
+            "DELETE FROM pg_statistic WHERE starelid IN (SELECT c.oid FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname NOT IN"
+            " ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_t%')"
+        )
+
+
+_databases = _Databases()
+
+
 @pytest.fixture
 def db_url(server_url: str, template_db: str) -> Iterator[str]:
-    """A migrated database (with the minimal candidate table), new for this test."""
-    yield from _fresh_database(server_url, template_db)
+    """A migrated database (with the minimal candidate table) that is this test's alone, as a
+    new one would be: no rows but the template's, sequences unused (see `_Databases`)."""
+    if CITUS_WORKERS:  # distributed tables: a fresh clone each time, as before
+        yield from _fresh_database(server_url, template_db)
+    else:
+        yield from _databases.lend(server_url, template_db)
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import sys
 import threading
 from typing import Any
 
+from support.forkserver import fork_server
+
 
 def cli_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a command: default settings, wide tables without colour, patient
@@ -33,15 +35,29 @@ def cli_args(*args: str, db_url: str | None = None) -> list[str]:
 def run_cli(
     *args: str, db_url: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    """Run a command to its end; its exit code, stdout and stderr are the caller's to check."""
+    """Run a command to its end; its exit code, stdout and stderr are the caller's to check.
+
+    The process is forked from this test process's fork server (support/forkserver.py), which
+    imported invigilator once, when the environment differs from the base only in settings
+    read as a command runs; otherwise (a narrow COLUMNS, say) it is a fresh interpreter."""
+    base, full = cli_env(), cli_env(env)
+    if all(_read_at_run_time(k) for k in set(base.items()) ^ set(full.items())):
+        tail = ["--database-url", db_url] if db_url is not None else []
+        return fork_server(base).run([*args, *tail], full, timeout)
     return subprocess.run(
         cli_args(*args, db_url=db_url),
         capture_output=True,
         text=True,
-        env=cli_env(env),
+        env=full,
         timeout=timeout,
         check=False,
     )
+
+
+def _read_at_run_time(item: tuple[str, str]) -> bool:
+    """Settings are read when a command runs; what else a library reads at import (rich's
+    COLUMNS and NO_COLOR, for one) needs a fresh interpreter to take effect."""
+    return item[0] == "DATABASE_URL" or item[0].startswith("INVIGILATOR_")
 
 
 def start_cli(
