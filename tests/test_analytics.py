@@ -502,3 +502,36 @@ async def test_durations_leave_out_paused_time_and_the_report_counts_paused_and_
     assert report["duration_seconds"]["count"] == 1  # the reopened one runs again
     assert report["duration_seconds"]["mean"] == pytest.approx(30 * 60, abs=5)
     assert report["by_method"]["timer_abandoned"]["count"] == 0
+
+
+async def test_more_than_one_device_or_address_counts_distinct_values_only(
+    store: SessionStore, db: psycopg.Connection[Any]
+) -> None:
+    """ "More than one" is two distinct values among a session's claims, whatever their number
+    and order; a claim with no user agent (or address) is one value, the empty one."""
+    pages = {
+        "same": [("A", "10.0.0.1"), ("A", "10.0.0.1"), ("A", "10.0.0.1")],
+        "second-device": [("A", "10.0.0.1"), ("A", "10.0.0.1"), ("B", "10.0.0.1")],
+        "unknown-agent": [(None, "10.0.0.2"), ("A", "10.0.0.2")],
+        "second-address": [("A", "10.0.0.3"), ("A", None)],
+        "both": [("A", "10.0.0.4"), ("B", "10.0.0.5")],
+        "one-page": [("A", "10.0.0.6")],
+        "no-page": [],
+    }
+    for cid, claims in pages.items():
+        add_candidate(db, cid)
+        db.execute("INSERT INTO test_session (candidate_id) VALUES (%s)", (cid,))
+        for n, (agent, address) in enumerate(claims):
+            db.execute(
+                "INSERT INTO test_session_page (candidate_id, page_id, user_agent,"
+                " client_address) VALUES (%s, %s, %s, %s)",
+                (cid, f"p{n}", agent, address),
+            )
+    since = datetime.now(UTC) - timedelta(hours=1)
+    summary = await analytics.summary(store.pool, since, None, TEST_POLICY)
+    assert summary["multiple_devices"] == {
+        "sessions": 4,
+        "share": round(4 / 7, 4),
+        "devices": 3,
+        "addresses": 2,
+    }
