@@ -1,5 +1,5 @@
-"""The suite's own isolation: a database lent again (tests/conftest.py `_Databases`) is as a
-fresh clone would be, and one whose schema a test changed is never lent again."""
+"""The suite's own isolation: a database lent again (support/databases.py `Databases`) is as
+a fresh clone would be, and one whose schema a test changed is never lent again."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from conftest import _Databases
+from support.databases import Databases
 
 pytestmark = pytest.mark.not_on_citus("Citus mode clones a fresh database for every test")
 
@@ -31,7 +31,7 @@ def _exists(server_url: str, name: str) -> bool:
 def test_a_lent_database_comes_back_empty_with_unused_sequences(
     server_url: str, template_db: str
 ) -> None:
-    databases = _Databases()
+    databases = Databases()
     lending = databases.lend(server_url, template_db)
     url = next(lending)
     with psycopg.connect(url, autocommit=True) as conn:
@@ -94,7 +94,7 @@ def _drop_quietly(server_url: str, name: str) -> None:
 def test_a_database_whose_schema_a_test_changed_is_dropped(
     server_url: str, template_db: str, change: str
 ) -> None:
-    databases = _Databases()
+    databases = Databases()
     lending = databases.lend(server_url, template_db)
     url = next(lending)
     name = _dbname(url)

@@ -70,8 +70,16 @@ def run(conn, request):
         os._exit(code)
 
 
+parent = os.getppid()
+listener.settimeout(5)
 while True:
-    conn, _ = listener.accept()
+    try:
+        conn, _ = listener.accept()
+    except TimeoutError:  # the test process is gone (killed, say): so is its fork server
+        if os.getppid() != parent:
+            sys.exit(0)
+        continue
+    conn.settimeout(None)
     data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
     while not data.endswith(b"\n"):
         data += conn.recv(1 << 20)
