@@ -309,6 +309,8 @@ export class Invigilator {
     this._heartbeatFailures = 0;
     /** @private */
     this._heartbeatInflight = false;
+    /** A submit is in flight: no heartbeat leaves until it is answered. @private */
+    this._submitting = false;
     /** @private */
     this._beaconSent = false;
     /** @private */
@@ -437,6 +439,10 @@ export class Invigilator {
         { code: "not_saved" },
       );
     }
+    // No heartbeat leaves while the submit is in flight: one that reached the server after the
+    // submit would be answered 409 (the session ended), a failed request in the console.
+    this._submitting = true;
+    clearTimeout(this._timers.heartbeat);
     try {
       const body = await this._request("POST", `/complete?page_id=${encodeURIComponent(this.pageId)}`);
       if (body.status === "active") {
@@ -446,6 +452,9 @@ export class Invigilator {
       this._end(outcomeOf(body, { byThisPage: !body.already_ended || this._submittedHere(body) }));
     } catch (error) {
       if (!this._outcome) throw error;
+    } finally {
+      this._submitting = false;
+      if (!this._outcome && this._running) this._scheduleHeartbeat(this._heartbeatSeconds);
     }
     return /** @type {Outcome} */ (this._outcome);
   }
@@ -890,7 +899,7 @@ export class Invigilator {
 
   /** @private */
   async _heartbeat() {
-    if (!this._running || this._heartbeatInflight) return;
+    if (!this._running || this._heartbeatInflight || this._submitting) return;
     clearTimeout(this._timers.heartbeat);
     this._heartbeatInflight = true;
     const active = this._active;
