@@ -8,6 +8,7 @@ from functools import cache
 from importlib import resources
 
 _HEADER = re.compile(r"^-- ([a-z_][a-z0-9_]*) --$", re.MULTILINE)
+_INCLUDE = re.compile(r"^[ \t]*-- include: ([a-z_][a-z0-9_]*)[ \t]*$", re.MULTILINE)
 
 
 def parse_queries(text: str) -> dict[str, str]:
@@ -15,14 +16,26 @@ def parse_queries(text: str) -> dict[str, str]:
 
     The line after the header is the block's description and, like every comment, is kept
     in the statement: PostgreSQL ignores it and it shows up in pg_stat_statements.
+
+    A block whose name starts with `_` is a fragment, not a statement: a line
+    `-- include: _name` in a later block stands for it. Two statements that differ in one
+    part (a statement and its form for a distributed database) share the rest that way,
+    written once.
     """
     parts = _HEADER.split(text)
-    queries: dict[str, str] = {}
+    blocks: dict[str, str] = {}
+
+    def fragment(match: re.Match[str]) -> str:
+        name = match[1]
+        if not name.startswith("_") or name not in blocks:
+            raise ValueError(f"include of {name!r}, which is no fragment defined before it")
+        return blocks[name]
+
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
-        if name in queries:
+        if name in blocks:
             raise ValueError(f"query {name!r} is defined twice")
-        queries[name] = body.strip().rstrip(";")
-    return queries
+        blocks[name] = _INCLUDE.sub(fragment, body.strip()).rstrip(";")
+    return {name: body for name, body in blocks.items() if not name.startswith("_")}
 
 
 @cache

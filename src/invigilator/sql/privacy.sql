@@ -74,20 +74,19 @@ SELECT audit.erasure_id, audit.erased_at, audit.actor, audit.session_status,
        (SELECT count(*) FROM hook) AS webhooks_queued
   FROM audit;
 
--- purge_ended --
--- Retention: for up to `limit` sessions that ended more than `keep` ago, remove the answers,
--- the page claims, the timeline (and logged webhook deliveries, which hold snapshots of the
--- session) and the notes of its incidents. The
--- session row stays, so every count of its columns (status, method, times, sections) stays.
--- Oldest first, by idx_test_session_retention; rows another sweeper holds are skipped.
-WITH due AS (
+-- _purge_pick --
+-- The sessions purge_ended and purge_ended_unlocked purge: ended long enough ago, oldest
+-- first (included in their `due` CTE).
     SELECT t.candidate_id
       FROM test_session t
      WHERE t.completed_at IS NOT NULL AND t.purged_at IS NULL
        AND t.completed_at < now() - %(keep)s::interval
      ORDER BY t.completed_at
      LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
+
+-- _purge_the_due --
+-- What purge_ended and purge_ended_unlocked remove of the `due` sessions, and the counts
+-- (included after their `due` CTE).
 ), events AS (
     DELETE FROM test_session_event e USING due
      WHERE e.candidate_id = due.candidate_id
@@ -122,47 +121,22 @@ SELECT (SELECT count(*) FROM purged) AS sessions,
        (SELECT count(*) FROM events) AS events,
        (SELECT count(*) FROM deliveries) AS deliveries;
 
+-- purge_ended --
+-- Retention: for up to `limit` sessions that ended more than `keep` ago, remove the answers,
+-- the page claims, the timeline (and logged webhook deliveries, which hold snapshots of the
+-- session) and the notes of its incidents. The
+-- session row stays, so every count of its columns (status, method, times, sections) stays.
+-- Oldest first, by idx_test_session_retention; rows another sweeper holds are skipped.
+WITH due AS (
+-- include: _purge_pick
+       FOR UPDATE SKIP LOCKED
+-- include: _purge_the_due
+
 -- purge_ended_unlocked --
 -- purge_ended for a distributed database, without the lock (Citus refuses FOR UPDATE across
 -- shards): two sweepers may purge the same session at once, which removes nothing twice
 -- (the counts of that batch may then count a row twice).
 WITH due AS (
-    SELECT t.candidate_id
-      FROM test_session t
-     WHERE t.completed_at IS NOT NULL AND t.purged_at IS NULL
-       AND t.completed_at < now() - %(keep)s::interval
-     ORDER BY t.completed_at
-     LIMIT %(limit)s
-), events AS (
-    DELETE FROM test_session_event e USING due
-     WHERE e.candidate_id = due.candidate_id
-    RETURNING 1
-), deliveries AS (
-    DELETE FROM webhook_delivery d USING due
-     WHERE d.candidate_id = due.candidate_id AND d.status <> 'pending'
-    RETURNING 1
-), answers AS (
-    DELETE FROM test_session_answer a USING due
-     WHERE a.candidate_id = due.candidate_id
-), pages AS (
-    -- a page's device and address are personal data too (migration 0007)
-    DELETE FROM test_session_page p USING due
-     WHERE p.candidate_id = due.candidate_id
-), notes AS (
-    -- an incident's note is free text that may name people; its severity and reason stay
-    UPDATE test_session_incident i SET note = ''
-      FROM due
-     WHERE i.candidate_id = due.candidate_id AND i.note <> ''
-), totals AS (
-    DELETE FROM test_session_answer_total x USING due
-     WHERE x.candidate_id = due.candidate_id
-), purged AS (
-    UPDATE test_session t
-       SET pending_answers = '{}'::jsonb, answer_seq = '{}'::jsonb, purged_at = now()
-      FROM due
-     WHERE t.candidate_id = due.candidate_id
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM purged) AS sessions,
-       (SELECT count(*) FROM events) AS events,
-       (SELECT count(*) FROM deliveries) AS deliveries;
+-- include: _purge_pick
+-- include: _purge_the_due
+

@@ -102,33 +102,10 @@ UPDATE test_session t
    AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
 RETURNING t.*, c.at AS server_now;
 
--- save_answers --
--- Upsert one row per question (migration 0006): a question keeps the value of the highest `seq`
--- saved for it, and `seq` is the time the edit was made (docs/schema.md): an older edit never
--- overwrites a newer one, whenever it arrives; the same seq again is a harmless retry. The guard
--- locks the session's row (FOR SHARE: saves go side by side, an end or a page claim waits for
--- them and a save waits for those), so no save lands after the session ended, and none from a
--- page a newer one took over from (test_session_page_may_write); the row itself is not
--- rewritten (heartbeats keep last_activity). The page's claim is seen now. The per-session
--- limit: each row written says what it added to the session's total (bytes_added, migration
--- 0011), and the total moves by their sum on its latest version, so it stays exact when saves
--- of one session race; a total over the limit raises test_session_answers_too_large, which
--- undoes every write of the statement (autocommit: nothing commits). Every session with answer
--- rows has its total (migrations 0010, 0011; this statement writes both). The session joins
--- the list whose pending_answers mirror the sweeper refreshes. The timeline gets
--- `answers_saved` only for the questions this save answered for the first time: an edit of an
--- answer already saved writes no event (a coding test saves every few seconds; the rows keep
--- each answer's latest saved_at). Returns the questions this save applied.
-WITH session AS (
-    SELECT t.candidate_id, t.status, t.deadline, t.paused_at, c.at
-      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
-     WHERE t.candidate_id = %(candidate_id)s
-       AND test_session_takes_answers(t.status, t.deadline, t.last_heartbeat,
-                                      t.test_start_time, t.tab_closed_at, t.paused_at,
-                                      t.resumed_at, t.abandon_after_seconds, t.tab_close,
-                                      t.at_deadline, t.grace_seconds, t.time_multiplier, c)
-       AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
-       FOR SHARE OF t
+-- _answer_writes --
+-- What save_answers and save_answers_distributed do once their `session` CTE has read the
+-- session (included after it): the rows, the running total, the mirror's to-do, the page's
+-- last_seen, the first answers' event, and the result.
 ), saved AS (
     INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, bytes_added,
                                           saved_at)
@@ -175,6 +152,35 @@ SELECT s.candidate_id, s.status, s.deadline, s.paused_at, s.at AS server_now,
        coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
   FROM session s;
 
+-- save_answers --
+-- Upsert one row per question (migration 0006): a question keeps the value of the highest `seq`
+-- saved for it, and `seq` is the time the edit was made (docs/schema.md): an older edit never
+-- overwrites a newer one, whenever it arrives; the same seq again is a harmless retry. The guard
+-- locks the session's row (FOR SHARE: saves go side by side, an end or a page claim waits for
+-- them and a save waits for those), so no save lands after the session ended, and none from a
+-- page a newer one took over from (test_session_page_may_write); the row itself is not
+-- rewritten (heartbeats keep last_activity). The page's claim is seen now. The per-session
+-- limit: each row written says what it added to the session's total (bytes_added, migration
+-- 0011), and the total moves by their sum on its latest version, so it stays exact when saves
+-- of one session race; a total over the limit raises test_session_answers_too_large, which
+-- undoes every write of the statement (autocommit: nothing commits). Every session with answer
+-- rows has its total (migrations 0010, 0011; this statement writes both). The session joins
+-- the list whose pending_answers mirror the sweeper refreshes. The timeline gets
+-- `answers_saved` only for the questions this save answered for the first time: an edit of an
+-- answer already saved writes no event (a coding test saves every few seconds; the rows keep
+-- each answer's latest saved_at). Returns the questions this save applied.
+WITH session AS (
+    SELECT t.candidate_id, t.status, t.deadline, t.paused_at, c.at
+      FROM test_session t, invigilator_rules(%(policy)s::jsonb) AS c
+     WHERE t.candidate_id = %(candidate_id)s
+       AND test_session_takes_answers(t.status, t.deadline, t.last_heartbeat,
+                                      t.test_start_time, t.tab_closed_at, t.paused_at,
+                                      t.resumed_at, t.abandon_after_seconds, t.tab_close,
+                                      t.at_deadline, t.grace_seconds, t.time_multiplier, c)
+       AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
+       FOR SHARE OF t
+-- include: _answer_writes
+
 -- save_answers_distributed --
 -- save_answers for a distributed database (Citus), the same save with the rules as an argument
 -- rather than a FROM item: Citus cannot take a function in FROM into a locking CTE that a
@@ -193,51 +199,7 @@ WITH session AS (
                                       invigilator_rules(%(policy)s::jsonb))
        AND test_session_page_may_write(t.pages, t.page_id, %(page_id)s)
        FOR SHARE OF t
-), saved AS (
-    INSERT INTO test_session_answer AS a (candidate_id, question, value, seq, bytes, bytes_added,
-                                          saved_at)
-    SELECT s.candidate_id, n.question, n.value, %(seq)s::bigint, n.bytes,
-           n.bytes + octet_length(n.question), s.at
-      FROM session s,
-           LATERAL (SELECT e.key AS question, e.value, octet_length(e.value::text) AS bytes
-                      FROM jsonb_each(%(answers)s::jsonb) AS e) AS n
-        ON CONFLICT (candidate_id, question) DO UPDATE
-       SET value = excluded.value, seq = excluded.seq, bytes = excluded.bytes,
-           bytes_added = excluded.bytes - a.bytes, saved_at = excluded.saved_at
-     WHERE a.seq <= excluded.seq
-    -- first: bytes_added is the size of the answer and its question only for a new row (an
-    -- update would need a replaced answer of negative size)
-    RETURNING a.question, a.bytes_added, a.bytes_added = a.bytes + octet_length(a.question) AS first
-), total AS (
-    INSERT INTO test_session_answer_total AS x (candidate_id, bytes)
-    SELECT s.candidate_id, (SELECT coalesce(sum(d.bytes_added), 0) FROM saved d)
-      FROM session s
-        ON CONFLICT (candidate_id) DO UPDATE SET bytes = x.bytes + excluded.bytes
-    RETURNING x.bytes
-), unsynced AS (
-    INSERT INTO test_session_answer_unsynced (candidate_id, since)
-    SELECT s.candidate_id, s.at FROM session s
-        ON CONFLICT (candidate_id) DO NOTHING
-), seen AS (
-    UPDATE test_session_page p SET last_seen = s.at
-      FROM session s
-     WHERE p.candidate_id = s.candidate_id AND p.page_id = %(page_id)s
-), event AS (
-    INSERT INTO test_session_event (candidate_id, type, actor, detail)
-    SELECT s.candidate_id, 'answers_saved', 'candidate',
-           jsonb_build_object('questions', q.questions, 'seq', %(seq)s::bigint)
-      FROM session s,
-           (SELECT jsonb_agg(x.question ORDER BY x.question) AS questions
-              FROM saved x WHERE x.first) AS q
-     WHERE q.questions IS NOT NULL
-)
-SELECT s.candidate_id, s.status, s.deadline, s.paused_at, s.at AS server_now,
-       (SELECT CASE WHEN x.bytes > %(max_total_bytes)s::bigint
-                    THEN test_session_answers_too_large(x.bytes, %(max_total_bytes)s::bigint)
-                    ELSE x.bytes END
-          FROM total x) AS total_bytes,
-       coalesce((SELECT array_agg(x.question) FROM saved x), '{}') AS applied
-  FROM session s;
+-- include: _answer_writes
 
 -- current_answers --
 -- What the server holds for these questions (value and seq): a save that was superseded tells
