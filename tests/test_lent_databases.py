@@ -66,6 +66,55 @@ def test_a_lent_database_comes_back_empty_with_unused_sequences(
         _drop_quietly(server_url, name)
 
 
+def test_a_lent_database_looks_to_the_planner_as_a_fresh_clone(
+    server_url: str, template_db: str
+) -> None:
+    """A few rows are deleted (their dead versions stay, under the ten pages the planner
+    assumes of a table never vacuumed) and a test's ANALYZE is undone; a table grown past
+    that is truncated."""
+    databases = Databases()
+
+    def planner_view(url: str) -> tuple[Any, ...]:
+        with psycopg.connect(url) as conn:
+            row = conn.execute(
+                "SELECT reltuples, pg_relation_size(oid) FROM pg_class"
+                " WHERE oid = 'test_session'::regclass"
+            ).fetchone()
+        assert row is not None
+        return tuple(row)
+
+    def fill(url: str, sessions: int) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO candidate SELECT 'lent-' || i FROM generate_series(1, %s) i",
+                (sessions,),
+            )
+            conn.execute(
+                "INSERT INTO test_session (candidate_id) SELECT candidate_id FROM candidate"
+            )
+            conn.execute("ANALYZE test_session")
+
+    lending = databases.lend(server_url, template_db)
+    url = next(lending)
+    fresh = planner_view(url)
+    assert fresh == (-1, 0)  # never vacuumed nor analyzed, no page
+    fill(url, 3)
+    next(lending, None)
+    again = databases.lend(server_url, template_db)
+    assert next(again) == url
+    reltuples, size = planner_view(url)
+    assert reltuples == -1 and 0 < size <= 8 * 8192  # deleted: the dead rows' page stays
+    fill(url, 2000)
+    assert planner_view(url)[1] > 8 * 8192
+    next(again, None)
+    third = databases.lend(server_url, template_db)
+    assert next(third) == url
+    assert planner_view(url) == fresh  # truncated
+    next(third, None)
+    for name, _ in databases.spare:
+        _drop_quietly(server_url, name)
+
+
 def _stray_is_gone(conn: psycopg.Connection[Any]) -> bool:
     try:
         conn.execute("SELECT 1")

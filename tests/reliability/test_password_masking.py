@@ -5,10 +5,7 @@ service's log."""
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from invigilator.db.url import mask_url, scrub
 from invigilator.logs import JsonFormatter, TextFormatter
 from support.api import in_process_api, make_settings
+from support.cli import run_cli
 
 
 def hostile_password(special: str) -> str:
@@ -75,17 +73,6 @@ def test_masking_keeps_what_is_not_a_password() -> None:
         assert mask_url(f"postgresql://u:{password}@h/db") == "postgresql://u:****@h/db"
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "invigilator", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "COLUMNS": "250", **(env or {})},
-        check=False,
-    )
-
-
 def test_cli_commands_never_print_a_hostile_password(db_url: str) -> None:
     """Against the test server (which trusts local socket connections, so any password is
     accepted and a real connection made when the URL parses) and an unreachable one."""
@@ -113,7 +100,10 @@ def test_cli_commands_never_print_a_hostile_password(db_url: str) -> None:
         runs[f"DATABASE_URL {special}"] = (["db", "check"], {"DATABASE_URL": unreachable}, password)
         runs[f"verify {special}"] = (["db", "verify", "--database-url", reachable], None, password)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        done = {name: pool.submit(run_cli, *args, env=env) for name, (args, env, _) in runs.items()}
+        done = {
+            name: pool.submit(run_cli, *args, env=env, timeout=60)
+            for name, (args, env, _) in runs.items()
+        }
     connected = 0
     for name, future in done.items():
         result = future.result()

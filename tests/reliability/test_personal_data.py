@@ -5,9 +5,7 @@ on the server."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +23,7 @@ from invigilator.sweeper import Sweeper
 from invigilator.webhooks.outbox import Claimed
 from invigilator.webhooks.worker import render_body
 from support.api import STAFF_KEY, Api, assert_problem, in_process_api, make_settings
+from support.cli import run_cli
 
 SECRET_ANSWER = "the candidate's own words 5f1c"
 
@@ -203,14 +202,7 @@ def test_the_cli_erases_a_session(db_url: str, db: psycopg.Connection[Any]) -> N
     )
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "invigilator", "session", "erase", *args],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env={**os.environ, "DATABASE_URL": db_url, "COLUMNS": "200"},
-            check=False,
-        )
+        return run_cli("session", "erase", *args, env={"DATABASE_URL": db_url}, timeout=60)
 
     refused = run("cli-erase-1")  # no --yes, no terminal: not confirmed
     assert refused.returncode == 1 and rows_about(db, "cli-erase-1")["test_session"] == 1
