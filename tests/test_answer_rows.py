@@ -16,6 +16,7 @@ from invigilator.db import migrate
 from invigilator.domain import PayloadTooLarge
 from invigilator.store import SessionStore
 from support.db import (
+    CITUS_WORKERS,
     TEST_POLICY,
     add_candidate,
     sessions_of,
@@ -61,6 +62,41 @@ async def test_pending_answers_mirrors_the_rows_within_the_delay_and_exactly_at_
     assert ended.pending_answers == {"q1": "second", "q2": [1, 2], "q3": "last"}
     assert mirror(db, cid)[0] == ended.pending_answers
     assert db.execute("SELECT count(*) FROM test_session_answer_unsynced").fetchone() == (0,)
+
+
+async def test_a_save_in_flight_while_the_sweeper_refreshes_the_mirror_is_not_left_out(
+    store: SessionStore, db: psycopg.Connection[Any], db_url: str
+) -> None:
+    """A save whose statement has run but not yet committed when the sweeper picks its
+    session: the refresh must not copy the rows from before it and then forget that the
+    session lags (it would until the session's next save or its end)."""
+    cid = add_candidate(db)
+    await store.start(cid)
+    await store.save_answers(cid, {"q1": "kept"}, seq=1)
+    age_unsynced(db, TEST_POLICY.answers_mirror_delay)
+    save = "save_answers_distributed" if CITUS_WORKERS else "save_answers"
+    with psycopg.connect(db_url) as saving:  # a transaction, committed below
+        saving.execute(
+            sql.queries()[save],
+            {**TEST_POLICY.sql_params(), "candidate_id": cid, "answers": Jsonb({"q1": "late"}),
+             "seq": 2, "max_total_bytes": None, "page_id": None},
+        )  # fmt: skip
+        refresh = asyncio.create_task(store.sync_lagging_answers(10))
+        waiting = (  # on Citus the refresh waits on a worker
+            "SELECT 1 FROM citus_lock_waits"
+            if CITUS_WORKERS
+            else "SELECT 1 FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock'"
+        )
+        for _ in range(100):  # until the refresh is done or waits for the save's lock
+            await asyncio.sleep(0.05)
+            if refresh.done() or db.execute(waiting).fetchone():
+                break
+        saving.commit()
+    await refresh
+    age_unsynced(db, TEST_POLICY.answers_mirror_delay)
+    await store.sync_lagging_answers(10)
+    assert mirror(db, cid) == ({"q1": "late"}, {"q1": 2})
 
 
 async def test_sessions_the_sweeper_or_lazy_expiry_end_have_an_exact_mirror(

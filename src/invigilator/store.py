@@ -463,13 +463,16 @@ class SessionStore:
         done = 0
         while done < limit:
             async with transaction(self.pool) as cur:
-                # On Citus unlocked (it refuses FOR UPDATE across shards): two sweepers may
-                # refresh the same session, which is harmless (sync_answers copies).
-                pick = (
-                    "find_unsynced_unlocked" if await self._is_distributed(cur) else "find_unsynced"
-                )
+                # The pick locks the session's row (no save in flight, none until the refresh
+                # commits); on Citus, which refuses FOR UPDATE across shards, the pick is
+                # unlocked (two sweepers may refresh one session: harmless, sync_answers
+                # copies) and the row is locked after it.
+                distributed = await self._is_distributed(cur)
+                pick = "find_unsynced_unlocked" if distributed else "find_unsynced"
                 await cur.execute(Q[pick], {"delay": self.policy.answers_mirror_delay, "limit": 1})
                 ids = [row["candidate_id"] for row in await cur.fetchall()]
+                if distributed and ids:
+                    await cur.execute(Q["lock_for_sync"], {"candidate_id": ids[0]})
                 await self._sync_answers(cur, ids)
             if not ids:
                 break

@@ -279,22 +279,37 @@ UPDATE test_session t
 
 -- find_unsynced --
 -- The sessions whose pending_answers has lagged their rows for at least `delay`, oldest first,
--- skipping those another sweeper is refreshing.
+-- skipping those another sweeper is refreshing and those with a save in flight. The session's
+-- row is locked as a change of it is, until the refresh commits: a save waits for it, and the
+-- refresh's own statement, which starts after the lock is held, sees every save committed
+-- before. (A save holds the row FOR SHARE until it commits; a refresh that read the rows
+-- while one was in flight would copy them without it and take the session off the list.)
 SELECT u.candidate_id
   FROM test_session_answer_unsynced u
+  JOIN test_session t ON t.candidate_id = u.candidate_id
  WHERE u.since <= now() - %(delay)s::interval
  ORDER BY u.since
  LIMIT %(limit)s
-   FOR UPDATE OF u SKIP LOCKED;
+   FOR UPDATE OF u SKIP LOCKED
+   FOR NO KEY UPDATE OF t SKIP LOCKED;
 
 -- find_unsynced_unlocked --
--- find_unsynced without the lock, for a distributed database (Citus refuses FOR UPDATE across
+-- find_unsynced without the locks, for a distributed database (Citus refuses FOR UPDATE across
 -- shards): two sweepers may refresh the same session, which is harmless (sync_answers copies).
+-- The session's row is then locked by lock_for_sync, one session at a time.
 SELECT u.candidate_id
   FROM test_session_answer_unsynced u
  WHERE u.since <= now() - %(delay)s::interval
  ORDER BY u.since
  LIMIT %(limit)s;
+
+-- lock_for_sync --
+-- On a distributed database, find_unsynced_unlocked's pick: its session's row locked as a
+-- change of it is (a statement routed to one shard may), waiting for the saves in flight.
+SELECT t.candidate_id
+  FROM test_session t
+ WHERE t.candidate_id = %(candidate_id)s
+   FOR NO KEY UPDATE OF t;
 
 -- record_tab_close --
 -- The tab is closing (a beacon): start the tab-close grace.
