@@ -92,7 +92,24 @@ async def test_the_documented_grants_are_enough_and_no_more(
             ),
             what="the sweeper",
         )
-        await eventually(lambda: len(receiver.processed) == 5, what="five webhooks")
+        token = (await api.start("lp-3"))["token"]
+        saved = await api.as_candidate(
+            "PATCH", "lp-3", "answers", token, json={"answers": {"q": "kept"}, "seq": 1}
+        )
+        assert saved.status_code == 200, saved.text
+        db.execute(  # the mirror's delay passes: the sweeper (as the app role) refreshes it
+            "UPDATE test_session_answer_unsynced SET since = now() - interval '1 hour'"
+        )
+        await eventually(
+            lambda: (
+                db.execute(
+                    "SELECT pending_answers FROM test_session WHERE candidate_id = 'lp-3'"
+                ).fetchone()
+                == ({"q": "kept"},)
+            ),
+            what="the sweeper's refresh of pending_answers",
+        )
+        await eventually(lambda: len(receiver.processed) == 6, what="six webhooks")
         created = await api.client.post(
             "/api/v1/webhooks", json={"url": receiver.url + "/2"}, headers=api.staff
         )
@@ -107,6 +124,7 @@ async def test_the_documented_grants_are_enough_and_no_more(
             "session.started",
             "session.time_extended",
             "session.completed",
+            "session.started",
         ]
     )
     with psycopg.connect(app_role, autocommit=True) as conn:
