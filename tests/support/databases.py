@@ -258,22 +258,20 @@ class Databases:
         autovacuum did) has its statistics cleared again. Anything bigger is truncated."""
         assert self._tables is not None
         rewrote = False
+        pg18 = conn.info.server_version >= 180000  # pg_clear_relation_stats
         if self._tables:
-            filled = [
-                (r[0], r[1], r[2])
-                for r in conn.execute(
-                    " UNION ALL ".join(
-                        f"SELECT '{t}', pg_relation_size('{t}'), pg_table_size('{t}')"
-                        f" WHERE EXISTS (TABLE {t})"
-                        for t in self._tables
-                    )
-                ).fetchall()
-            ]
+            filled = conn.execute(
+                " UNION ALL ".join(
+                    f"SELECT '{t}', pg_relation_size('{t}'), pg_table_size('{t}')"
+                    f" WHERE EXISTS (TABLE {t})"
+                    for t in self._tables
+                )
+            ).fetchall()
             small = all(
                 heap <= _DELETE_UP_TO_BYTES and size <= _DELETE_UP_TO_BYTES_WITH_TOAST
                 for _, heap, size in filled
             )
-            if filled and small and conn.info.server_version >= 180000:
+            if filled and small and pg18:
                 with conn.transaction():
                     # no foreign-key or other triggers: every table of the test goes
                     conn.execute("SET LOCAL session_replication_role = replica")
@@ -282,7 +280,7 @@ class Databases:
             elif filled:
                 conn.execute("TRUNCATE " + ", ".join(t for t, _, _ in filled) + " CASCADE")
                 rewrote = True
-            if conn.info.server_version >= 180000:
+            if pg18:
                 # statistics a test's ANALYZE (or autovacuum) wrote; the template has none.
                 # pg_clear_relation_stats (PostgreSQL 18) rewrites the table's pg_class row.
                 cleared = conn.execute(
