@@ -94,6 +94,38 @@ async def test_the_newest_page_takes_over_and_an_older_page_is_refused(
     ]
 
 
+async def test_a_pages_saves_keep_its_last_seen_to_the_minute(
+    api: Api, db: psycopg.Connection[Any]
+) -> None:
+    """last_seen is the claim and then the page's saves, to the minute: a save rewrites the
+    claim's row only when last_seen is a minute old (a coding test saves every few seconds)."""
+    token = (await api.start("alice"))["token"]
+    await claim(api, token, "page-a")
+
+    def seen() -> tuple[Any, bool]:
+        row = db.execute(
+            "SELECT last_seen, last_seen > now() - interval '5 seconds' FROM test_session_page"
+            " WHERE candidate_id = 'alice' AND page_id = 'page-a'"
+        ).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    db.execute(
+        "UPDATE test_session_page SET last_seen = now() - interval '50 seconds'"
+        " WHERE candidate_id = 'alice'"
+    )
+    before, _ = seen()
+    assert (await save(api, token, {"q1": "a"}, 10, "page-a")).status_code == 200
+    assert seen() == (before, False)  # under a minute old: left as it was
+
+    db.execute(
+        "UPDATE test_session_page SET last_seen = now() - interval '61 seconds'"
+        " WHERE candidate_id = 'alice'"
+    )
+    assert (await save(api, token, {"q1": "b"}, 11, "page-a")).status_code == 200
+    assert seen()[1] is True  # a minute old: moved to this save
+
+
 async def test_with_multiple_pages_they_coexist_and_see_each_others_answers(api: Api) -> None:
     token = (await api.start("alice", pages="multiple"))["token"]
     assert (await claim(api, token, "page-a"))["pages"] == "multiple"

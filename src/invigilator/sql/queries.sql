@@ -132,9 +132,12 @@ RETURNING t.*, c.at AS server_now;
     SELECT s.candidate_id, s.at FROM session s
         ON CONFLICT (candidate_id) DO NOTHING
 ), seen AS (
+    -- To the minute: a coding test's page saves every few seconds, and rewriting its claim's
+    -- row each time made a page's save cost about a quarter more than one without a page.
     UPDATE test_session_page p SET last_seen = s.at
       FROM session s
      WHERE p.candidate_id = s.candidate_id AND p.page_id = %(page_id)s
+       AND p.last_seen < s.at - interval '1 minute'
 ), event AS (
     INSERT INTO test_session_event (candidate_id, type, actor, detail)
     SELECT s.candidate_id, 'answers_saved', 'candidate',
