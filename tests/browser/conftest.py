@@ -1,8 +1,11 @@
 """Browser tests: a real server (uvicorn in a thread, on a cloned test database) and Debian's
 headless Chromium driven by Playwright.
 
-Playwright's own browser download cannot work offline, so it launches the system Chromium:
-`$INVIGILATOR_CHROMIUM`, else `chromium` on the PATH (`./scripts/test` installs it).
+Playwright's own browser download cannot work offline, so it launches Debian's Chromium:
+`$INVIGILATOR_CHROMIUM`, else `chromium-headless-shell` on the PATH (`./scripts/test` installs
+it), else `chromium`. The headless shell is the same Blink and V8 without the desktop browser
+around them, as Playwright's own headless Chromium is: the browser tests took 58 s of CPU with
+it against 82 s with `chromium` (26 tests, one process, same run), and pass with either.
 """
 
 from __future__ import annotations
@@ -136,9 +139,13 @@ def live_server(db_url: str) -> Iterator[LiveServer]:
 
 
 def chromium_path() -> str:
-    path = os.environ.get("INVIGILATOR_CHROMIUM") or shutil.which("chromium")
+    path = (
+        os.environ.get("INVIGILATOR_CHROMIUM")
+        or shutil.which("chromium-headless-shell")
+        or shutil.which("chromium")
+    )
     if not path:
-        pytest.skip("no chromium: install Debian's chromium (./scripts/test does)")
+        pytest.skip("no chromium: install Debian's chromium-headless-shell (./scripts/test does)")
     return path
 
 
