@@ -18,8 +18,11 @@ end it (status, method, completed_at), is reported in `overdue_unswept`, and nev
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -291,6 +294,50 @@ async def summary(
         row = await cur.fetchone()
     assert row is not None
     return cast(Summary, row[0])
+
+
+class RecentSummaries:
+    """The summaries computed in the last `ttl` seconds, by window: what the dashboard's charts
+    are drawn from. The dashboard reads the summary and then asks for its six charts with the
+    same window, and each chart computed the summary again: seven passes over the window's
+    sessions per load, seconds each at a million sessions. A chart asked for while its
+    summary is being computed waits for that computation instead of starting its own. Errors
+    are not kept (the next ask computes again), and at most `size` windows are."""
+
+    def __init__(self, ttl: float = 15.0, size: int = 32) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._entries: OrderedDict[Hashable, tuple[float, asyncio.Future[Summary]]] = OrderedDict()
+
+    def put(self, key: Hashable, summary: Summary) -> None:
+        """A summary just computed (the summary route's, which is never read from here)."""
+        done: asyncio.Future[Summary] = asyncio.get_running_loop().create_future()
+        done.set_result(summary)
+        self._keep(key, done)
+
+    async def get(self, key: Hashable, compute: Callable[[], Awaitable[Summary]]) -> Summary:
+        """The summary of `key` if one was computed (or is being computed) in the last `ttl`
+        seconds, else `compute()`'s."""
+        entry = self._entries.get(key)
+        if entry is None or entry[0] <= time.monotonic():
+            task = asyncio.ensure_future(compute())
+            self._keep(key, task)
+            task.add_done_callback(lambda t: self._forget_failure(key, t))
+            entry = self._entries[key]
+        # shielded: a client that goes away does not cancel the others' computation
+        return await asyncio.shield(entry[1])
+
+    def _keep(self, key: Hashable, task: asyncio.Future[Summary]) -> None:
+        self._entries[key] = (time.monotonic() + self.ttl, task)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def _forget_failure(self, key: Hashable, task: asyncio.Future[Summary]) -> None:
+        if (task.cancelled() or task.exception() is not None) and (
+            self._entries.get(key, (0.0, None))[1] is task
+        ):
+            del self._entries[key]
 
 
 async def live(

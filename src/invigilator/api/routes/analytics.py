@@ -34,9 +34,11 @@ async def summary(
     staff: StaffDep, runtime: RuntimeDep, since: Bound = None, until: Bound = None, tz: Zone = "UTC"
 ) -> dict[str, Any]:
     """Counts, completion rate, durations, abandonment patterns and the daily trend for the
-    sessions that started in the window (default: the last 30 days)."""
+    sessions that started in the window (default: the last 30 days). Always computed now;
+    the charts of the same window are then drawn from it."""
     start, end = _bounds(since, until, tz)
     result = await analytics.summary(runtime.pool, start, end, runtime.policy, tz=tz)
+    runtime.summaries.put((start, end, tz), result)
     return dict(result)
 
 
@@ -66,10 +68,15 @@ async def chart(
     until: Bound = None,
     tz: Zone = "UTC",
 ) -> Response:
-    """One of the report's charts as SVG (the same drawing as `invigilator report --charts`)."""
+    """One of the report's charts as SVG (the same drawing as `invigilator report --charts`),
+    from the window's summary of the last 15 seconds when there is one (the dashboard reads
+    the summary, then its six charts), else from one computed now."""
     if name not in charts.CHARTS:
         raise InvalidInput(f"no chart {name!r}; charts: {', '.join(charts.NAMES)}")
     start, end = _bounds(since, until, tz)
-    result = await analytics.summary(runtime.pool, start, end, runtime.policy, tz=tz)
+    result = await runtime.summaries.get(
+        (start, end, tz),
+        lambda: analytics.summary(runtime.pool, start, end, runtime.policy, tz=tz),
+    )
     svg = await anyio.to_thread.run_sync(charts.render, result, name, "svg")
     return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "no-store"})
