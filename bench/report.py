@@ -8,7 +8,9 @@ The smallest size is made by `invigilator demo-data --candidates N` (realistic d
 about ten events per session, spread over the last 30 days) when that command exists, else by
 set-based SQL. Each larger size is reached by copying those sessions and their events with
 set-based SQL (new candidate ids, ended sessions shifted back by k minutes so they stay in the
-default 30-day window), then VACUUM ANALYZE, as autovacuum would leave a real table.
+default 30-day window), then VACUUM ANALYZE, as autovacuum would leave a real table. Every
+session has the page claims the browser client makes (`claim_pages`: one per session, two for
+one in ten, from two devices for one in forty), copied with it.
 
 Timed per size (medians of --repeat runs, after one untimed warm-up run):
 - `invigilator report` (the table, which also reads the live view) as a subprocess, wall clock:
@@ -84,6 +86,23 @@ def sql_fill(conn: psycopg.Connection[Any], total: int) -> None:
     conn.execute("VACUUM ANALYZE")
 
 
+def claim_pages(conn: psycopg.Connection[Any]) -> None:
+    """The page claims a deployment has: the browser client claims each page it opens, so one
+    per session, a second (a reload on a new tab) for one in ten, from another device for one
+    in forty. The report's spread pass reads them."""
+    conn.execute(
+        """INSERT INTO test_session_page (candidate_id, page_id, user_agent, client_address,
+                                          first_seen, last_seen)
+           SELECT t.candidate_id, 'p' || k,
+                  CASE WHEN k = 2 AND h % 40 = 0 THEN 'Phone' ELSE 'Laptop ' || h % 3 END,
+                  '10.0.' || h % 250 || '.' || h % 200, t.test_start_time, t.test_start_time
+             FROM test_session t,
+                  LATERAL (SELECT abs(hashtext(t.candidate_id::text)) AS h) x,
+                  generate_series(1, CASE WHEN x.h % 10 = 0 THEN 2 ELSE 1 END) k
+               ON CONFLICT DO NOTHING"""
+    )
+
+
 def columns(conn: psycopg.Connection[Any], table: str) -> list[tuple[str, str, bool]]:
     """(name, type, generated/identity) of a table's columns, in order."""
     rows = conn.execute(
@@ -135,6 +154,15 @@ def grow(conn: psycopg.Connection[Any], factor: int) -> None:
                 SELECT {exprs}
                   FROM test_session_event e
                   JOIN test_session t ON t.candidate_id = e.candidate_id,
+                       generate_series(1, %s) k""",
+            (factor - 1,),
+        )
+        names, exprs = select_list("test_session_page", "p")
+        conn.execute(
+            f"""INSERT INTO test_session_page ({names})
+                SELECT {exprs}
+                  FROM test_session_page p
+                  JOIN test_session t ON t.candidate_id = p.candidate_id,
                        generate_series(1, %s) k""",
             (factor - 1,),
         )
@@ -230,11 +258,11 @@ def run(sizes: list[int], repeat: int, data: str, out: Path | None = None) -> di
         t = time.monotonic()
         if use_demo:
             invigilator(url, "demo-data", "--candidates", str(base))
-            with psycopg.connect(url, autocommit=True) as conn:
-                conn.execute("VACUUM ANALYZE")
-        else:
-            with psycopg.connect(url, autocommit=True) as conn:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if not use_demo:
                 sql_fill(conn, base)
+            claim_pages(conn)
+            conn.execute("VACUUM ANALYZE")
         current = base
         setup_s = time.monotonic() - t
         for size in sizes:

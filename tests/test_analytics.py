@@ -445,7 +445,11 @@ async def test_the_window_uses_the_start_time_index_and_focus_probes_the_event_k
         INSERT INTO test_session_incident (candidate_id, at, severity, reason_code)
         SELECT 'c' || i, now() - i * interval '26 minutes' + interval '10 minutes', 'low', 'noise'
           FROM generate_series(10, 20000, 10) i;
-        ANALYZE candidate, test_session, test_session_event, test_session_incident;
+        INSERT INTO test_session_page (candidate_id, page_id, user_agent, client_address)
+        SELECT 'c' || i, 'p' || k, 'UA ' || (i % k), '10.0.0.1'
+          FROM generate_series(1, 20000) i, generate_series(1, 2) k;
+        ANALYZE candidate, test_session, test_session_event, test_session_incident,
+                test_session_page;
         """
     )
     until = datetime.now(UTC) - timedelta(days=100)
@@ -466,11 +470,16 @@ async def test_the_window_uses_the_start_time_index_and_focus_probes_the_event_k
     # the focus question probes the event log by candidate (its primary key, or any index
     # made for it), once per session that gave up
     assert re.search(r"Index (Only )?Scan using \w+ on test_session_event", plan), plan
+    # and the page claims by candidate, per session of the window (not all 40,000 of them)
+    assert re.search(r"Index (Only )?Scan using \w+ on test_session_page", plan), plan
     assert "Seq Scan" not in plan
     summary = await analytics.summary(store.pool, params["since"], until, TEST_POLICY)
     assert summary["total"] in (55, 56)
     assert summary["abandonment"]["total"] in (18, 19)
     assert summary["abandonment"]["focus_lost_before"]["share"] == 1.0
+    # two claims each, from two user agents for every odd i: about half the window's sessions
+    assert summary["multiple_devices"]["devices"] in (27, 28)
+    assert summary["multiple_devices"]["addresses"] == 0
 
 
 async def test_durations_leave_out_paused_time_and_the_report_counts_paused_and_reopened(

@@ -81,25 +81,26 @@ WITH stored AS (
       FROM stored x
 ), spread AS (
     -- Sessions whose pages came from more than one device (user agent) or address
-    -- (migration 0007): one probe of the page claims by candidate_id per session of the
-    -- window. The window's rows are read again rather than from `stored`: Citus cannot push
-    -- a subquery correlated with a CTE down to the shards ("cannot push down this subquery"),
-    -- and one correlated with the table on its distribution column it can. "More than one"
-    -- is asked as "the least and the greatest differ": count(DISTINCT) sorts at every probe,
-    -- and at 1M sessions those sorts were a quarter of the report (BENCHMARKS.md §3).
+    -- (migration 0007): the window's sessions joined to their page claims by candidate_id,
+    -- so the planner picks per window: a probe of the claims per session for a small window,
+    -- one pass over the claims for a large one (a probe per session was 1.7 s of the summary
+    -- at 1M sessions, BENCHMARKS.md §3). The window's rows are read again rather than from
+    -- `stored`: Citus joins two tables on their distribution column on each shard, and
+    -- cannot push a join with a CTE down. "More than one" is asked as "the least and the
+    -- greatest differ": count(DISTINCT) sorts within every group.
     SELECT count(*) AS either,
            count(*) FILTER (WHERE y.devices) AS devices,
            count(*) FILTER (WHERE y.addresses) AS addresses
-      FROM test_session t
-     CROSS JOIN LATERAL (
-           SELECT min(coalesce(p.user_agent, '')) <> max(coalesce(p.user_agent, ''))
-                      AS devices,
-                  min(coalesce(p.client_address, '')) <> max(coalesce(p.client_address, ''))
-                      AS addresses
-             FROM test_session_page p WHERE p.candidate_id = t.candidate_id) y
-     WHERE t.test_start_time >= %(since)s::timestamptz
-       AND t.test_start_time < %(until)s::timestamptz
-       AND (y.devices OR y.addresses)
+      FROM (SELECT min(coalesce(p.user_agent, '')) <> max(coalesce(p.user_agent, ''))
+                       AS devices,
+                   min(coalesce(p.client_address, '')) <> max(coalesce(p.client_address, ''))
+                       AS addresses
+              FROM test_session t
+              JOIN test_session_page p ON p.candidate_id = t.candidate_id
+             WHERE t.test_start_time >= %(since)s::timestamptz
+               AND t.test_start_time < %(until)s::timestamptz
+             GROUP BY t.candidate_id) y
+     WHERE y.devices OR y.addresses
 ), focus AS (
     -- Those who gave up and lost focus (or hid the tab) before the end: one probe of the
     -- event log by candidate_id per such session (idx_test_session_event_focus). A join, not
