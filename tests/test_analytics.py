@@ -4,6 +4,7 @@ hand-made dataset, the empty database, the window's boundaries and time zone, la
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,8 @@ import psycopg
 import pytest
 
 from invigilator import analytics, sql
+from invigilator.config import Settings
+from invigilator.db import connector
 from invigilator.domain import InvalidInput
 from invigilator.store import SessionStore
 from support.db import TEST_POLICY, add_candidate
@@ -544,3 +547,42 @@ async def test_more_than_one_device_or_address_counts_distinct_values_only(
         "devices": 3,
         "addresses": 2,
     }
+
+
+@pytest.mark.parametrize(
+    ("connection_ms", "effective"), [(1_000, "2min"), (300_000, "5min"), (0, "0")]
+)
+def test_the_summary_raises_a_shorter_statement_timeout_and_no_other(
+    db: psycopg.Connection[Any], connection_ms: int, effective: str
+) -> None:
+    """The service's statement_timeout (10 s) guards its requests; the summary's read-only
+    transaction gets at least SUMMARY_STATEMENT_TIMEOUT_MS, never less than the connection's,
+    and no limit stays no limit."""
+    db.execute(f"SET statement_timeout = {connection_ms}")
+    with db.transaction():
+        db.execute(
+            sql.analytics_queries()["longer_timeout"],
+            {"ms": analytics.SUMMARY_STATEMENT_TIMEOUT_MS},
+        )
+        assert db.execute("SHOW statement_timeout").fetchone() == (effective,)
+    db.execute("RESET statement_timeout")
+
+
+async def test_a_summary_longer_than_the_services_statement_timeout_completes(
+    db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    """A pool whose statements may run 1 s (as the service's may run 10 s): the summary waits
+    1.5 s for a lock on test_session and still answers (it was cancelled before)."""
+    settings = Settings(statement_timeout_ms=1_000)
+    pool = connector.pool_for(db_url, settings, min_size=1, max_size=1)
+    await pool.open(wait=True)
+    try:
+        with psycopg.connect(db_url) as holder:
+            holder.execute("LOCK TABLE test_session IN ACCESS EXCLUSIVE MODE")
+            summary = asyncio.ensure_future(analytics.summary(pool, None, None, TEST_POLICY))
+            await asyncio.sleep(1.5)
+            assert not summary.done()
+            holder.rollback()
+        assert (await summary)["total"] == 0
+    finally:
+        await pool.close()

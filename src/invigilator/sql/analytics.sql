@@ -18,6 +18,12 @@ SELECT coalesce(%(since)s::timestamptz,
                 coalesce(%(until)s::timestamptz, now()) - %(default_span)s::interval) AS since,
        coalesce(%(until)s::timestamptz, now()) AS until;
 
+-- longer_timeout --
+-- This transaction's statement_timeout raised to %(ms)s ms from a shorter one (never from 0).
+SELECT set_config('statement_timeout', %(ms)s::bigint::text, true)
+ WHERE (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout')
+       BETWEEN 1 AND %(ms)s::bigint - 1;
+
 -- summary --
 -- Every metric of the report as one JSON object, for the sessions that started in [since, until).
 WITH stored AS (
