@@ -148,24 +148,16 @@ def grow(conn: psycopg.Connection[Any], factor: int) -> None:
                 SELECT {exprs} FROM test_session t, generate_series(1, %s) k""",
             (factor - 1,),
         )
-        names, exprs = select_list("test_session_event", "e")
-        conn.execute(
-            f"""INSERT INTO test_session_event ({names})
-                SELECT {exprs}
-                  FROM test_session_event e
-                  JOIN test_session t ON t.candidate_id = e.candidate_id,
-                       generate_series(1, %s) k""",
-            (factor - 1,),
-        )
-        names, exprs = select_list("test_session_page", "p")
-        conn.execute(
-            f"""INSERT INTO test_session_page ({names})
-                SELECT {exprs}
-                  FROM test_session_page p
-                  JOIN test_session t ON t.candidate_id = p.candidate_id,
-                       generate_series(1, %s) k""",
-            (factor - 1,),
-        )
+        for table in ("test_session_event", "test_session_page"):  # a session's rows, copied
+            names, exprs = select_list(table, "c")
+            conn.execute(
+                f"""INSERT INTO {table} ({names})
+                    SELECT {exprs}
+                      FROM {table} c
+                      JOIN test_session t ON t.candidate_id = c.candidate_id,
+                           generate_series(1, %s) k""",
+                (factor - 1,),
+            )
     conn.execute("VACUUM ANALYZE")
 
 
