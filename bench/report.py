@@ -16,7 +16,10 @@ Timed per size (medians of --repeat runs, after one untimed warm-up run):
 - `invigilator report` (the table, which also reads the live view) as a subprocess, wall clock:
   what a user waits for;
 - `invigilator report --format json`;
-- `analytics.summary` in process: the query alone;
+- `analytics.summary` in process: the query alone, over the report's rollup as the sweeper
+  keeps it (migration 0014: every quarter hour of ended sessions rolled up, timed as setup),
+  and once before it is made (`summary_query_unrolled_ms`: right after the upgrade, or on
+  Citus, which keeps no rollup);
 - `invigilator --help`: the interpreter and import cost every command pays.
 """
 
@@ -195,7 +198,38 @@ def timed_command(url: str, repeat: int, *args: str) -> dict[str, Any]:
     }
 
 
+async def roll_up_all(url: str) -> dict[str, Any]:
+    """What the sweeper's passes leave: every quarter hour of ended sessions rolled up
+    (analytics.roll_up, as `Sessions.roll_up` calls it), timed."""
+    from invigilator import analytics
+    from invigilator.config import Settings
+
+    policy = Settings().policy()
+    pool = connector.pool_for(url, min_size=1, max_size=1)
+    await pool.open(wait=True)
+    buckets = ready = 0
+    t = time.perf_counter()
+    try:
+        while True:
+            done = await analytics.roll_up(pool, policy, limit=500)
+            buckets, ready = buckets + done.buckets, ready + done.ready
+            if done.buckets < 500:
+                break
+    finally:
+        await pool.close()
+    return {"buckets": buckets, "ready": ready, "seconds": round(time.perf_counter() - t, 1)}
+
+
 def measure(url: str, repeat: int) -> dict[str, Any]:
+    # The summary with nothing rolled up (just after the upgrade to 0014, or on Citus), once;
+    # then the rollup the sweeper keeps, and everything else measured over it.
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DELETE FROM test_session_rollup")
+    try:
+        unrolled_ms: float | None = asyncio.run(summary_ms(url, 1))
+    except Exception:
+        unrolled_ms = None
+    rollup = asyncio.run(roll_up_all(url))
     as_json = timed_command(url, repeat, "report", "--format", "json")
     table = timed_command(url, repeat, "report")
     help_s = []
@@ -229,6 +263,8 @@ def measure(url: str, repeat: int) -> dict[str, Any]:
         "report_json_s_all": as_json.get("all"),
         "report_json_error": as_json.get("error"),
         "summary_query_ms": query_ms,
+        "summary_query_unrolled_ms": unrolled_ms,
+        "rollup": rollup,
         "cli_startup_s": round(common.median(help_s), 3),
         "loadavg": common.loadavg(),
     }
@@ -311,6 +347,8 @@ def render(doc: dict[str, Any]) -> str:
             r["report_table_s"],
             r["report_json_s"],
             r["summary_query_ms"],
+            r.get("summary_query_unrolled_ms"),
+            (r.get("rollup") or {}).get("seconds"),
             r["cli_startup_s"],
             r["setup_s"],
         ]
@@ -325,6 +363,8 @@ def render(doc: dict[str, Any]) -> str:
                 "`report` (s)",
                 "`report --format json` (s)",
                 "summary query (ms)",
+                "summary, nothing rolled up (ms)",
+                "rolling up (s)",
                 "`invigilator --help` (s)",
                 "setup (s)",
             ],

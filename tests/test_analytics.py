@@ -463,11 +463,11 @@ async def test_the_window_uses_the_start_time_index_and_focus_probes_the_event_k
         "tz": "UTC",
         "bucket": 5,
     }
+    parts = db.execute(sql.analytics_queries()["summary_parts"], params).fetchall()
+    assert parts == [(params["since"], params["until"])]  # nothing rolled up: read it all
+    statement = analytics.summary_statement([(lo, hi) for lo, hi in parts], params)
     plan = "\n".join(
-        row[0]
-        for row in db.execute(
-            "EXPLAIN (COSTS OFF) " + sql.analytics_queries()["summary"], params
-        ).fetchall()
+        row[0] for row in db.execute("EXPLAIN (COSTS OFF) " + statement, params).fetchall()
     )
     assert "Index Scan using idx_test_session_test_start_time" in plan
     # the focus question probes the event log by candidate (its primary key, or any index

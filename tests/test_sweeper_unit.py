@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from invigilator.analytics import RolledUp
 from invigilator.domain import DatabaseUnavailable, Ended, Method, SchemaProblem, Status
 from invigilator.sweeper import Sweeper, sweep_once
 from support.clock import run_virtual
@@ -57,6 +58,9 @@ class FakeSessions:
         await asyncio.sleep(0)  # the batch's round trip (a cancellation lands here: no commit)
         batch, self.due = self.due[:batch_size], self.due[batch_size:]
         return batch
+
+    async def roll_up(self, limit: int) -> RolledUp:
+        return RolledUp(0, 0)
 
 
 # --- sweep_once ------------------------------------------------------------------------------

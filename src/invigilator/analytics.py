@@ -23,6 +23,7 @@ import contextlib
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -55,6 +56,8 @@ SUMMARY_WORK_MEM = "256MB"
 #: (never shorter than the operator's, never a limit where there was none): the service's 10 s
 #: guards its requests, and a month of a million sessions takes the summary about 10 s.
 SUMMARY_STATEMENT_TIMEOUT_MS = 120_000
+#: The sessions of a rolled-up row started within this long (test_session_rollup_bucket).
+ROLLUP_BUCKET = timedelta(minutes=15)
 
 # --- the shapes returned (JSON-ready dicts) -----------------------------------------------
 
@@ -283,22 +286,114 @@ async def summary(
     check_timezone(tz)
     if not 1 <= minute_bucket <= 1440:
         raise InvalidInput("minute_bucket must be between 1 and 1440")
-    async with _connection(pool) as conn:
+    # One snapshot: the ranges read one by one and the rolled-up rest must be of one moment.
+    async with _connection(pool, snapshot=True) as conn:
         # The per-session rows of a large window are read several times: keep them in memory.
         await conn.execute(f"SET LOCAL work_mem = '{SUMMARY_WORK_MEM}'")
         await conn.execute(Q["longer_timeout"], {"ms": SUMMARY_STATEMENT_TIMEOUT_MS})
         since, until = await _window(conn, since, until)
-        params = {
+        params: dict[str, Any] = {
             **policy.sql_params(),
             "since": since,
             "until": until,
             "tz": tz,
             "bucket": minute_bucket,
         }
-        cur = await conn.execute(Q["summary"], params)
+        cur = await conn.execute(Q["summary_parts"], params)
+        statement = summary_statement([(lo, hi) for lo, hi in await cur.fetchall()], params)
+        cur = await conn.execute(statement, params, prepare=False)
         row = await cur.fetchone()
     assert row is not None
     return cast(Summary, row[0])
+
+
+@dataclass(frozen=True)
+class RolledUp:
+    """What one `roll_up` call did: quarter hours written, and how many of them are ready
+    (every session ended); the others are tried again later."""
+
+    buckets: int
+    ready: int
+
+
+async def roll_up(
+    pool: AsyncConnectionPool[Any], policy: Policy | None = None, *, limit: int = 200
+) -> RolledUp:
+    """Roll up to `limit` quarter hours of sessions for the summary (migration 0014): the
+    next ones not yet rolled up that ended an hour ago or more, then the stale ones. One
+    transaction per quarter hour, holding its lock (writers of its sessions wait) while it
+    reads them; at one a writer holds now it stops, for the next call. The sweeper calls this
+    on every pass; never on a distributed database (the caller checks), where the summary
+    reads the sessions on the shards."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    policy = policy or Settings().policy()
+    rolled = ready = 0
+    with translate_errors():
+        async with pool.connection() as conn:
+            cur = await conn.execute(Q["rollup_due"], {"limit": limit})
+            buckets = [row[0] for row in await cur.fetchall()]
+            for bucket in buckets:
+                async with conn.transaction():
+                    # UTC: a quarter hour is one cell, and the stored times render alike.
+                    await conn.execute("SET LOCAL TimeZone TO 'UTC'")
+                    cur = await conn.execute(Q["rollup_lock"], {"bucket": bucket})
+                    locked = await cur.fetchone()
+                    if not (locked and locked[0]):
+                        # A writer is changing its sessions. Stop here, for the next pass:
+                        # the new quarter hours are rolled up in order, none left behind.
+                        break
+                    params = {**policy.sql_params(), "bucket": bucket, "tz": "UTC"}
+                    statement = with_raw_parts(
+                        Q["rollup_build"], [(bucket, bucket + ROLLUP_BUCKET)], params
+                    )
+                    # Never prepared: a plan for this quarter hour's bounds, not a generic one.
+                    cur = await conn.execute(statement, params, prepare=False)
+                    row = await cur.fetchone()
+                rolled += 1
+                ready += bool(row and row[0])
+    return RolledUp(rolled, ready)
+
+
+#: At most this many ranges of sessions read one by one per summary (the holes between them
+#: then merged, their rolled-up rows left out): one statement text per count.
+MAX_RAW_PARTS = 8
+_RAW = "(/*raw*/ false)"
+
+
+def _merged(parts: list[tuple[datetime, datetime]], most: int) -> list[tuple[datetime, datetime]]:
+    """`parts` (sorted, apart) as at most `most` ranges: the closest neighbours joined first."""
+    parts = list(parts)
+    while len(parts) > most:
+        i = min(range(len(parts) - 1), key=lambda k: parts[k + 1][0] - parts[k][1])
+        parts[i : i + 2] = [(parts[i][0], parts[i + 1][1])]
+    return parts
+
+
+def summary_statement(parts: list[tuple[datetime, datetime]], params: dict[str, Any]) -> str:
+    """The summary's statement for the ranges `summary_parts` returned (merged to at most
+    MAX_RAW_PARTS), with their parameters added to `params`."""
+    parts = _merged(parts, MAX_RAW_PARTS)
+    params["part_lo"] = [lo for lo, _ in parts]
+    params["part_hi"] = [hi for _, hi in parts]
+    return with_raw_parts(Q["summary"], parts, params)
+
+
+def with_raw_parts(
+    statement: str, parts: list[tuple[datetime, datetime]], params: dict[str, Any]
+) -> str:
+    """`statement` reading the sessions that started in `parts`, as constants the planner sees
+    (their bounds added to `params` as lo0, hi0, …; none: no session is read)."""
+    if not parts:
+        return statement
+    for i, (lo, hi) in enumerate(parts):
+        params[f"lo{i}"], params[f"hi{i}"] = lo, hi
+    ranges = " OR ".join(
+        f"t.test_start_time >= %(lo{i})s::timestamptz"
+        f" AND t.test_start_time < %(hi{i})s::timestamptz"
+        for i in range(len(parts))
+    )
+    return statement.replace(_RAW, f"({ranges})")
 
 
 class RecentSummaries:
@@ -364,13 +459,17 @@ async def live(
 
 @contextlib.asynccontextmanager
 async def _connection(
-    pool: AsyncConnectionPool[Any],
+    pool: AsyncConnectionPool[Any], *, snapshot: bool = False
 ) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A pooled connection in one read-only transaction whose TimeZone is UTC (so every
-    timestamp the SQL renders into JSON is in UTC); database errors become domain errors."""
+    timestamp the SQL renders into JSON is in UTC); database errors become domain errors.
+    `snapshot`: all its statements see one snapshot (REPEATABLE READ)."""
     with translate_errors():
         async with pool.connection() as conn, conn.transaction():
-            await conn.execute("SET TRANSACTION READ ONLY")
+            await conn.execute(
+                "SET TRANSACTION READ ONLY, ISOLATION LEVEL "
+                + ("REPEATABLE READ" if snapshot else "READ COMMITTED")
+            )
             await conn.execute("SET LOCAL TimeZone TO 'UTC'")
             yield conn
 

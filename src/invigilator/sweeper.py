@@ -26,10 +26,15 @@ from datetime import timedelta
 from typing import Protocol
 
 from invigilator import metrics
+from invigilator.analytics import RolledUp
 from invigilator.domain import DatabaseUnavailable, Ended, InvigilatorError, Method
 from invigilator.privacy import Purged
 
 log = logging.getLogger(__name__)
+
+#: Quarter hours rolled up for the report per pass (about 10 ms each): a month's backlog
+#: (2,880) takes a few minutes of passes after an upgrade, and a pass stays short.
+ROLLUP_PER_PASS = 100
 
 
 class Sweeps(Protocol):
@@ -38,6 +43,8 @@ class Sweeps(Protocol):
     async def sweep(self, batch_size: int) -> list[Ended]: ...
 
     async def purge_ended(self, keep: timedelta, batch_size: int) -> Purged: ...
+
+    async def roll_up(self, limit: int) -> RolledUp: ...
 
 
 async def sweep_once(
@@ -101,6 +108,8 @@ class Sweeper:
         #: Passes run, and passes that failed (the database unavailable, or worse).
         self.passes = 0
         self.failures = 0
+        #: Quarter hours written to the report's rollup (analytics.roll_up).
+        self.rolled_up = 0
 
     async def sweep(self, stop: asyncio.Event | None = None) -> list[Ended]:
         """One pass: finalize what is due and log it. Never raises for a database problem;
@@ -114,6 +123,13 @@ class Sweeper:
             )
             if self.retention is not None:
                 await self._purge(self.retention, stop)
+            if not (stop is not None and stop.is_set()):
+                rolled = await self.sessions.roll_up(ROLLUP_PER_PASS)
+                self.rolled_up += rolled.buckets
+                if rolled.buckets:
+                    log.debug(
+                        "report rollup: %d quarter hour(s), %d ready", rolled.buckets, rolled.ready
+                    )
         except DatabaseUnavailable as exc:
             self.failures += 1
             log.warning("sweeper: %s (next try in %gs)", exc.message, self.interval)

@@ -109,6 +109,17 @@ async def test_the_documented_grants_are_enough_and_no_more(
             ),
             what="the sweeper's refresh of pending_answers",
         )
+        await eventually(  # lp-2 started 2 hours ago: the sweeper rolls its quarter hour up
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM test_session_rollup r JOIN test_session t"
+                    " ON r.bucket = test_session_rollup_bucket(t.test_start_time)"
+                    " WHERE t.candidate_id = 'lp-2'"
+                ).fetchone()
+                == (1,)
+            ),
+            what="the sweeper's report rollup",
+        )
         await eventually(lambda: len(receiver.processed) == 6, what="six webhooks")
         created = await api.client.post(
             "/api/v1/webhooks", json={"url": receiver.url + "/2"}, headers=api.staff

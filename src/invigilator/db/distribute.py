@@ -140,6 +140,8 @@ def distribute(conninfo: str, *, echo: Callable[[str], None] = lambda _: None) -
         with conn.transaction():
             conn.execute(Q["allow_triggers"])
             conn.execute(Q["sequential"])
+            if state.tables["test_session"].kind == "local":
+                conn.execute(Q["drop_rollup"])
             relink = state.tables["webhook_endpoint"].kind == "local"
             if relink:
                 conn.execute(Q["drop_endpoint_fk"])

@@ -24,9 +24,16 @@ SELECT set_config('statement_timeout', %(ms)s::bigint::text, true)
  WHERE (SELECT setting::bigint FROM pg_settings WHERE name = 'statement_timeout')
        BETWEEN 1 AND %(ms)s::bigint - 1;
 
--- summary --
--- Every metric of the report as one JSON object, for the sessions that started in [since, until).
-WITH stored AS (
+-- _raw_cells --
+-- What the report takes of the sessions it reads one by one: `s`, a narrow row per session
+-- (its duration, share, sections, when it was left: the entries of the lists the statistics
+-- are taken over), `raw_cells`, every count the summary adds up by local day (in %(tz)s), and
+-- `raw_sections`. What `rollup_build` keeps of a quarter hour, and what the summary reads
+-- where nothing is kept: written once, here. `(/*raw*/ false)` stands for
+-- the sessions' ranges of start times, which invigilator.analytics writes in as constants
+-- (a start at or after lo0 and before hi0, or …, each a parameter), so the planner knows
+-- how many sessions that is: a few hundred for a quarter hour, a million for a month.
+stored AS (
     -- Ended rows as stored, and active ones as they truly are (lazy expiry): only the active
     -- rows, a small share, pay for the rules.
     SELECT t.candidate_id, t.test_start_time, t.deadline, t.sections_completed,
@@ -34,8 +41,7 @@ WITH stored AS (
            false AS overdue, t.last_heartbeat, t.paused_seconds, t.paused_at, t.pause_count,
            t.reopen_count, t.awaiting_candidate
       FROM test_session t
-     WHERE t.test_start_time >= %(since)s::timestamptz
-       AND t.test_start_time < %(until)s::timestamptz
+     WHERE (/*raw*/ false)
        AND t.status <> 'active'
     UNION ALL
     SELECT t.candidate_id, t.test_start_time, t.deadline, t.sections_completed,
@@ -55,74 +61,189 @@ WITH stored AS (
                                        t.tab_closed_at, t.paused_at, t.resumed_at, t.abandon_after_seconds,
                                        t.tab_close, t.at_deadline, t.grace_seconds, t.time_multiplier, c)
       ) due ON true
-     WHERE t.test_start_time >= %(since)s::timestamptz
-       AND t.test_start_time < %(until)s::timestamptz
+     WHERE (/*raw*/ false)
        AND t.status = 'active'
 ), s AS MATERIALIZED (
-    -- One narrow row per session in the window: what every aggregate below reads (three
-    -- passes in memory: the totals, the per-session breakdowns, the abandonment breakdowns).
-    SELECT x.test_start_time AS started_at,
-           -- The clock's time only: every second it stood still (pauses, a reopened
-           -- session's wait and its time ended) is left out of both.
-           date_part('epoch', x.deadline - x.test_start_time) - x.paused_seconds AS allowed_s,
+    -- One narrow row per session: what its counts (`raw_cells`) and its entries in the lists
+    -- (durations, sections, leavers) are taken from.
+    SELECT (x.test_start_time AT TIME ZONE %(tz)s::text)::date AS day,
            jsonb_array_length(x.sections_completed) AS sections,
            x.status, x.method, x.overdue,
-           CASE WHEN x.status = 'completed'
-                THEN greatest(date_part('epoch', x.ended_at - x.test_start_time)
-                              - x.paused_seconds, 0) END
-               AS duration_s,
+           d.duration_s,
+           -- The share of its time a completed session used. The clock's time only: every
+           -- second it stood still (pauses, a reopened session's wait and its time ended) is
+           -- left out of both.
+           d.duration_s / nullif(date_part('epoch', x.deadline - x.test_start_time)
+                                 - x.paused_seconds, 0) AS share,
            x.pause_count > 0 AS was_paused,
            -- paused by staff now (not a reopened session waiting for its page)
            x.status = 'active' AND x.paused_at IS NOT NULL AND NOT x.awaiting_candidate
                AS paused_now,
            x.reopen_count,
            test_session_gave_up(x.method) AS gave_up,
-           -- When the candidate left: last heard of for a heartbeat timeout, else the end.
-           CASE WHEN x.method = 'heartbeat_timeout'
-                THEN least(coalesce(x.last_heartbeat, x.test_start_time), x.ended_at)
-                WHEN x.method IN ('tab_close', 'admin_terminated') THEN x.ended_at END AS left_at,
+           l.left_at,
+           -- whole minutes into the test when the candidate left
+           floor(greatest(date_part('epoch', l.left_at - x.test_start_time), 0) / 60)::integer
+               AS left_minute,
            -- Who gave up, and when their session ended: `focus` probes the event log for them.
            CASE WHEN test_session_gave_up(x.method) THEN x.candidate_id END AS leaver_id,
            CASE WHEN test_session_gave_up(x.method) THEN x.ended_at END AS leaver_end
       FROM stored x
+     CROSS JOIN LATERAL (
+           SELECT CASE WHEN x.status = 'completed'
+                       THEN greatest(date_part('epoch', x.ended_at - x.test_start_time)
+                                     - x.paused_seconds, 0) END AS duration_s) d
+     CROSS JOIN LATERAL (
+           -- When the candidate left: last heard of for a heartbeat timeout, else the end.
+           SELECT CASE WHEN x.method = 'heartbeat_timeout'
+                       THEN least(coalesce(x.last_heartbeat, x.test_start_time), x.ended_at)
+                       WHEN x.method IN ('tab_close', 'admin_terminated') THEN x.ended_at
+                  END AS left_at) l
 ), spread AS (
     -- Sessions whose pages came from more than one device (user agent) or address
-    -- (migration 0007): the window's sessions joined to their page claims by candidate_id,
-    -- so the planner picks per window: a probe of the claims per session for a small window,
-    -- one pass over the claims for a large one (a probe per session was 1.7 s of the summary
-    -- at 1M sessions, BENCHMARKS.md §3). The window's rows are read again rather than from
-    -- `stored`: Citus joins two tables on their distribution column on each shard, and
-    -- cannot push a join with a CTE down. "More than one" is asked as "the least and the
-    -- greatest differ": count(DISTINCT) sorts within every group.
-    SELECT count(*) AS either,
+    -- (migration 0007): the sessions joined to their page claims by candidate_id, so the
+    -- planner picks: a probe of the claims per session for a few, one pass over the claims for
+    -- many. The sessions are read again rather than from `stored`: Citus joins two tables on
+    -- their distribution column on each shard, and cannot push a join with a CTE down. "More
+    -- than one" is asked as "the least and the greatest differ": count(DISTINCT) sorts within
+    -- every group.
+    SELECT (y.started_at AT TIME ZONE %(tz)s::text)::date AS day,
+           count(*) AS devices_either,
            count(*) FILTER (WHERE y.devices) AS devices,
            count(*) FILTER (WHERE y.addresses) AS addresses
-      FROM (SELECT min(coalesce(p.user_agent, '')) <> max(coalesce(p.user_agent, ''))
+      FROM (SELECT t.test_start_time AS started_at,
+                   min(coalesce(p.user_agent, '')) <> max(coalesce(p.user_agent, ''))
                        AS devices,
                    min(coalesce(p.client_address, '')) <> max(coalesce(p.client_address, ''))
                        AS addresses
               FROM test_session t
               JOIN test_session_page p ON p.candidate_id = t.candidate_id
-             WHERE t.test_start_time >= %(since)s::timestamptz
-               AND t.test_start_time < %(until)s::timestamptz
-             GROUP BY t.candidate_id) y
+             WHERE (/*raw*/ false)
+             GROUP BY t.candidate_id, t.test_start_time) y
      WHERE y.devices OR y.addresses
+     GROUP BY 1
 ), focus AS (
     -- Those who gave up and lost focus (or hid the tab) before the end: one probe of the
     -- event log by candidate_id per such session (idx_test_session_event_focus). A join, not
     -- a correlated EXISTS: Citus joins the sessions to each shard's events, and refuses a
     -- correlated subquery here.
-    SELECT count(DISTINCT s.leaver_id) AS n
+    SELECT s.day, count(DISTINCT s.leaver_id) AS gave_up_focus
       FROM s
       JOIN test_session_event e
         ON e.candidate_id = s.leaver_id
        AND e.type IN ('focus_lost', 'tab_hidden')
        AND e.at <= s.leaver_end
      WHERE s.leaver_id IS NOT NULL
+     GROUP BY 1
+), raw_cells AS (
+    -- The counts, by local day.
+    SELECT a.*, coalesce(f.gave_up_focus, 0) AS gave_up_focus,
+           coalesce(sp.devices_either, 0) AS devices_either, coalesce(sp.devices, 0) AS devices,
+           coalesce(sp.addresses, 0) AS addresses
+      FROM (SELECT day,
+                   count(*) AS sessions,
+                   count(*) FILTER (WHERE status = 'active') AS active,
+                   count(*) FILTER (WHERE status = 'completed') AS completed,
+                   count(*) FILTER (WHERE status = 'abandoned') AS abandoned,
+                   count(*) FILTER (WHERE overdue) AS overdue,
+                   count(*) FILTER (WHERE method = 'manual') AS manual,
+                   count(*) FILTER (WHERE method = 'timer_expired') AS timer_expired,
+                   count(*) FILTER (WHERE method = 'tab_close') AS tab_close,
+                   count(*) FILTER (WHERE method = 'admin') AS admin,
+                   count(*) FILTER (WHERE method = 'heartbeat_timeout') AS heartbeat_timeout,
+                   count(*) FILTER (WHERE method = 'admin_terminated') AS admin_terminated,
+                   count(*) FILTER (WHERE method = 'timer_abandoned') AS timer_abandoned,
+                   count(*) FILTER (WHERE was_paused) AS paused,
+                   count(*) FILTER (WHERE paused_now) AS paused_now,
+                   count(*) FILTER (WHERE reopen_count > 0) AS reopened,
+                   coalesce(sum(reopen_count), 0) AS reopenings,
+                   count(*) FILTER (WHERE gave_up) AS gave_up
+              FROM s GROUP BY day) a
+      LEFT JOIN focus f ON f.day = a.day
+      LEFT JOIN spread sp ON sp.day = a.day
+), raw_sections AS (
+    -- Sessions by sections completed, and of them who gave up.
+    SELECT sections AS k, count(*)::integer AS n,
+           (count(*) FILTER (WHERE gave_up))::integer AS gave_up
+      FROM s GROUP BY 1
+), raw_minutes AS (
+    -- Completed sessions by whole minutes of duration.
+    SELECT floor(duration_s / 60)::integer AS m, count(*)::integer AS n
+      FROM s WHERE duration_s IS NOT NULL GROUP BY 1
+)
+
+-- _rolled --
+-- The window's quarter hours whose sessions are all ended and rolled up (migration 0014), each
+-- within one local day and hour of %(tz)s (every zone's offset is a whole number of quarter
+-- hours today; a change of offset inside one leaves it to its sessions).
+    SELECT r.*, (r.bucket AT TIME ZONE %(tz)s::text)::date AS day
+      FROM test_session_rollup r
+     WHERE r.ready
+       AND r.bucket >= %(since)s::timestamptz
+       AND r.bucket + interval '15 minutes' <= %(until)s::timestamptz
+       AND date_part('minute', r.bucket AT TIME ZONE %(tz)s::text)::integer %% 15 = 0
+       AND date_part('second', r.bucket AT TIME ZONE %(tz)s::text) = 0
+       AND (r.bucket + interval '15 minutes') AT TIME ZONE %(tz)s::text
+           = (r.bucket AT TIME ZONE %(tz)s::text) + interval '15 minutes'
+
+-- summary_parts --
+-- The ranges of the window whose sessions the summary reads one by one: before, between and
+-- after the runs of rolled-up quarter hours (all of it when none is).
+WITH rolled AS (
+-- include: _rolled
+), islands AS (
+    SELECT min(bucket) AS lo, max(bucket) + interval '15 minutes' AS hi
+      FROM (SELECT bucket, bucket - interval '15 minutes' * row_number() OVER (ORDER BY bucket) AS run
+              FROM rolled) x
+     GROUP BY run
+)
+SELECT lo, hi
+  FROM (SELECT coalesce(lag(hi) OVER (ORDER BY lo), %(since)s::timestamptz) AS lo, lo AS hi
+          FROM islands
+        UNION ALL
+        SELECT coalesce(max(hi), %(since)s::timestamptz), %(until)s::timestamptz FROM islands) g
+ WHERE lo < hi
+ ORDER BY lo;
+
+-- summary --
+-- Every metric of the report as one JSON object, for the sessions that started in [since, until):
+-- the rolled-up quarter hours outside part_lo/part_hi (the ranges read one by one,
+-- `summary_parts`, perhaps merged), and the sessions of those ranges.
+WITH rolled AS (
+-- include: _rolled
+       AND NOT EXISTS (SELECT 1
+                         FROM unnest(%(part_lo)s::timestamptz[], %(part_hi)s::timestamptz[]) AS p (lo, hi)
+                        WHERE r.bucket < p.hi AND r.bucket + interval '15 minutes' > p.lo)
+),
+-- include: _raw_cells
+, cells AS (
+    SELECT day, sessions, active, completed, abandoned, overdue, manual, timer_expired,
+           tab_close, admin, heartbeat_timeout, admin_terminated, timer_abandoned, paused,
+           paused_now, reopened, reopenings, gave_up, gave_up_focus, devices_either, devices,
+           addresses
+      FROM raw_cells
+    UNION ALL
+    SELECT day, sessions, 0, completed, abandoned, 0, manual, timer_expired,
+           tab_close, admin, heartbeat_timeout, admin_terminated, timer_abandoned, paused,
+           0, reopened, reopenings, gave_up, gave_up_focus, devices_either, devices,
+           addresses
+      FROM rolled
+), durations AS (
+    -- Each completed session's duration and share of its time: the exact statistics.
+    SELECT duration_s, share FROM s WHERE duration_s IS NOT NULL
+    UNION ALL
+    SELECT u.duration_s, u.share
+      FROM rolled r CROSS JOIN LATERAL unnest(r.durations, r.shares) AS u (duration_s, share)
+), leavers AS (
+    SELECT left_at, left_minute FROM s WHERE gave_up
+    UNION ALL
+    SELECT u.left_at, u.left_minute
+      FROM rolled r CROSS JOIN LATERAL unnest(r.left_at, r.left_minute) AS u (left_at, left_minute)
 ), flagged AS (
     -- Sessions of the window with at least one incident, by their most serious one: read from
     -- the incidents (few) recorded since the window began (none is older than its session),
-    -- by idx_test_session_incident_at, each joined to its session's start.
+    -- by idx_test_session_incident_at, each joined to its session's start. Incidents are
+    -- recorded after a session ends too, so they are never rolled up.
     SELECT count(*) AS sessions, coalesce(sum(f.n), 0)::bigint AS incidents,
            count(*) FILTER (WHERE f.worst = 1) AS low,
            count(*) FILTER (WHERE f.worst = 2) AS medium,
@@ -136,84 +257,82 @@ WITH stored AS (
                AND t.test_start_time >= %(since)s::timestamptz
                AND t.test_start_time < %(until)s::timestamptz
              GROUP BY i.candidate_id) f
+), counts AS (
+    SELECT coalesce(sum(sessions), 0)::bigint AS total,
+           coalesce(sum(active), 0)::bigint AS active,
+           coalesce(sum(completed), 0)::bigint AS completed,
+           coalesce(sum(abandoned), 0)::bigint AS abandoned,
+           coalesce(sum(completed + abandoned), 0)::bigint AS ended,
+           coalesce(sum(overdue), 0)::bigint AS overdue,
+           coalesce(sum(manual), 0)::bigint AS manual,
+           coalesce(sum(timer_expired), 0)::bigint AS timer_expired,
+           coalesce(sum(tab_close), 0)::bigint AS tab_close,
+           coalesce(sum(admin), 0)::bigint AS admin,
+           coalesce(sum(heartbeat_timeout), 0)::bigint AS heartbeat_timeout,
+           coalesce(sum(admin_terminated), 0)::bigint AS admin_terminated,
+           coalesce(sum(timer_abandoned), 0)::bigint AS timer_abandoned,
+           coalesce(sum(paused), 0)::bigint AS paused,
+           coalesce(sum(paused_now), 0)::bigint AS paused_now,
+           coalesce(sum(reopened), 0)::bigint AS reopened,
+           coalesce(sum(reopenings), 0)::bigint AS reopenings,
+           coalesce(sum(gave_up), 0)::bigint AS gave_up,
+           coalesce(sum(gave_up_focus), 0)::bigint AS gave_up_focus,
+           coalesce(sum(devices_either), 0)::bigint AS devices_either,
+           coalesce(sum(devices), 0)::bigint AS devices,
+           coalesce(sum(addresses), 0)::bigint AS addresses
+      FROM cells
 ), totals AS (
-    SELECT count(*) AS total,
-           count(*) FILTER (WHERE status = 'active') AS active,
-           count(*) FILTER (WHERE status = 'completed') AS completed,
-           count(*) FILTER (WHERE status = 'abandoned') AS abandoned,
-           count(*) FILTER (WHERE status <> 'active') AS ended,
-           count(*) FILTER (WHERE overdue) AS overdue,
-           count(*) FILTER (WHERE method = 'manual') AS manual,
-           count(*) FILTER (WHERE method = 'timer_expired') AS timer_expired,
-           count(*) FILTER (WHERE method = 'tab_close') AS tab_close,
-           count(*) FILTER (WHERE method = 'admin') AS admin,
-           count(*) FILTER (WHERE method = 'heartbeat_timeout') AS heartbeat_timeout,
-           count(*) FILTER (WHERE method = 'admin_terminated') AS admin_terminated,
-           count(*) FILTER (WHERE method = 'timer_abandoned') AS timer_abandoned,
-           count(*) FILTER (WHERE was_paused) AS paused,
-           count(*) FILTER (WHERE paused_now) AS paused_now,
-           count(*) FILTER (WHERE reopen_count > 0) AS reopened,
-           coalesce(sum(reopen_count), 0) AS reopenings,
-           count(*) FILTER (WHERE gave_up) AS gave_up,
-           (SELECT n FROM focus) AS gave_up_focus,
-           count(duration_s) AS duration_n,
-           avg(duration_s) AS duration_mean,
-           percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY duration_s) AS duration_pct,
-           avg(duration_s / nullif(allowed_s, 0)) AS share_mean,
-           percentile_cont(ARRAY[0.5, 0.9])
-               WITHIN GROUP (ORDER BY duration_s / nullif(allowed_s, 0)) AS share_pct
-      FROM s
-), per_session AS (
-    -- By sections completed, by start day, by duration bucket: one pass over the sessions
-    -- into their (sections, day, bucket) cells (one hash key per row, not three), then the
-    -- three groupings over those few thousand cells.
-    SELECT GROUPING(sections) = 0 AS by_sections, GROUPING(day) = 0 AS by_day,
-           GROUPING(duration_b) = 0 AS by_duration,
-           sections, day, duration_b,
-           sum(n)::bigint AS n,
-           sum(gave_up)::bigint AS gave_up,
-           sum(completed)::bigint AS completed,
-           sum(abandoned)::bigint AS abandoned,
-           sum(active)::bigint AS active
-      FROM (SELECT sections, day, duration_b,
-                   count(*) AS n,
-                   count(*) FILTER (WHERE gave_up) AS gave_up,
-                   count(*) FILTER (WHERE status = 'completed') AS completed,
-                   count(*) FILTER (WHERE status = 'abandoned') AS abandoned,
-                   count(*) FILTER (WHERE status = 'active') AS active
-              FROM (SELECT sections, gave_up, status,
-                           (started_at AT TIME ZONE %(tz)s::text)::date AS day,
-                           floor(duration_s / (%(bucket)s::int * 60))::int AS duration_b
-                      FROM s) y
-             GROUP BY sections, day, duration_b) cells
-     GROUP BY GROUPING SETS ((sections), (day), (duration_b))
-), per_leaver AS (
-    -- Those who gave up, by minute into the test, hour and weekday: one pass, three groupings.
-    SELECT GROUPING(minute_b) = 0 AS by_minute, GROUPING(h) = 0 AS by_hour,
-           GROUPING(d) = 0 AS by_weekday,
-           minute_b, h, d, count(*) AS n
-      FROM (SELECT floor(greatest(date_part('epoch', left_at - started_at), 0)
-                         / (%(bucket)s::int * 60))::int AS minute_b,
-                   date_part('hour', left_at AT TIME ZONE %(tz)s::text)::int AS h,
-                   date_part('isodow', left_at AT TIME ZONE %(tz)s::text)::int AS d
-              FROM s WHERE gave_up) y
-     GROUP BY GROUPING SETS ((minute_b), (h), (d))
+    SELECT k.*, d.duration_n, d.duration_mean, d.duration_pct, d.share_mean, d.share_pct
+      FROM counts k,
+           (SELECT count(duration_s) AS duration_n,
+                   avg(duration_s) AS duration_mean,
+                   percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY duration_s) AS duration_pct,
+                   avg(share) AS share_mean,
+                   percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY share) AS share_pct
+              FROM durations) d
+), by_duration AS (
+    -- floor(seconds / (60 w)) is floor(floor(seconds / 60) / w): the buckets from the minutes.
+    SELECT m / %(bucket)s::int AS b, sum(n) AS n
+      FROM (SELECT m, n FROM raw_minutes
+            UNION ALL
+            SELECT u.m, u.n
+              FROM rolled r
+             CROSS JOIN LATERAL unnest(r.duration_minute, r.duration_minute_n) AS u (m, n)) x
+     GROUP BY 1
 ), duration_histogram AS (
     SELECT coalesce(json_agg(json_build_object(
                'from_minute', gs.b * %(bucket)s::int, 'to_minute', (gs.b + 1) * %(bucket)s::int,
                'count', coalesce(c.n, 0)) ORDER BY gs.b), '[]'::json) AS j
-      FROM generate_series(0, (SELECT max(duration_b) FROM per_session WHERE by_duration)) gs (b)
-      LEFT JOIN per_session c ON c.by_duration AND c.duration_b = gs.b
+      FROM generate_series(0, (SELECT max(b) FROM by_duration)) gs (b)
+      LEFT JOIN by_duration c ON c.b = gs.b
+), by_sections_all AS (
+    SELECT k, sum(n)::bigint AS n, sum(gave_up)::bigint AS gave_up
+      FROM (SELECT k, n, gave_up FROM raw_sections
+            UNION ALL
+            SELECT u.k, u.n, u.g
+              FROM rolled r
+             CROSS JOIN LATERAL unnest(r.sections, r.sections_n, r.sections_gave_up) AS u (k, n, g)) x
+     GROUP BY k
 ), funnel AS (
     SELECT coalesce(json_agg(json_build_object(
                'sections', gs.k, 'reached', r.reached, 'count', r.n,
                'rate', round(r.n::numeric / nullif(r.reached, 0), 4)) ORDER BY gs.k), '[]'::json)
                AS j
-      FROM generate_series(0, (SELECT max(sections) FROM per_session WHERE by_sections)) gs (k)
+      FROM generate_series(0, (SELECT max(k) FROM by_sections_all)) gs (k)
      CROSS JOIN LATERAL (
-           SELECT coalesce(sum(p.n) FILTER (WHERE p.sections >= gs.k), 0)::bigint AS reached,
-                  coalesce(sum(p.gave_up) FILTER (WHERE p.sections = gs.k), 0)::bigint AS n
-             FROM per_session p WHERE p.by_sections) r
+           SELECT coalesce(sum(p.n) FILTER (WHERE p.k >= gs.k), 0)::bigint AS reached,
+                  coalesce(sum(p.gave_up) FILTER (WHERE p.k = gs.k), 0)::bigint AS n
+             FROM by_sections_all p) r
+), per_leaver AS (
+    -- Those who gave up, by minute into the test, hour and weekday: one pass, three groupings.
+    SELECT GROUPING(minute_b) = 0 AS by_minute, GROUPING(h) = 0 AS by_hour,
+           GROUPING(d) = 0 AS by_weekday,
+           minute_b, h, d, count(*) AS n
+      FROM (SELECT left_minute / %(bucket)s::int AS minute_b,
+                   date_part('hour', left_at AT TIME ZONE %(tz)s::text)::int AS h,
+                   date_part('isodow', left_at AT TIME ZONE %(tz)s::text)::int AS d
+              FROM leavers) y
+     GROUP BY GROUPING SETS ((minute_b), (h), (d))
 ), by_minute AS (
     SELECT coalesce(json_agg(json_build_object(
                'from_minute', gs.b * %(bucket)s::int, 'to_minute', (gs.b + 1) * %(bucket)s::int,
@@ -231,6 +350,10 @@ WITH stored AS (
                'count', coalesce(c.n, 0)) ORDER BY gs.d) AS j
       FROM generate_series(1, 7) gs (d)
       LEFT JOIN per_leaver c ON c.by_weekday AND c.d = gs.d
+), per_day AS (
+    SELECT day, sum(sessions) AS n, sum(completed) AS completed, sum(abandoned) AS abandoned,
+           sum(active) AS active
+      FROM cells GROUP BY day
 ), days AS (
     SELECT (%(since)s::timestamptz AT TIME ZONE %(tz)s::text)::date AS first_day,
            ((%(until)s::timestamptz - interval '1 microsecond') AT TIME ZONE %(tz)s::text)::date
@@ -244,7 +367,7 @@ WITH stored AS (
       FROM days
      CROSS JOIN generate_series(0, days.last_day - days.first_day) i
      CROSS JOIN LATERAL (SELECT days.first_day + i AS day) x
-      LEFT JOIN per_session c ON c.by_day AND c.day = x.day
+      LEFT JOIN per_day c ON c.day = x.day
 )
 SELECT json_build_object(
     'window', json_build_object('since', %(since)s::timestamptz, 'until', %(until)s::timestamptz,
@@ -303,13 +426,93 @@ SELECT json_build_object(
         'by_severity', json_build_object('low', fl.low, 'medium', fl.medium, 'high', fl.high)),
     'daily', dl.j,
     'multiple_devices', json_build_object(
-        'sessions', sp.either,
-        'share', round(sp.either::numeric / nullif(t.total, 0), 4),
-        'devices', sp.devices,
-        'addresses', sp.addresses)
+        'sessions', t.devices_either,
+        'share', round(t.devices_either::numeric / nullif(t.total, 0), 4),
+        'devices', t.devices,
+        'addresses', t.addresses)
 ) AS summary
   FROM totals t, duration_histogram dh, funnel fu, by_minute bm, by_hour bh, by_weekday bw,
-       flagged fl, daily dl, spread sp;
+       flagged fl, daily dl;
+
+
+-- rollup_due --
+-- The quarter hours the sweeper rolls up next, at most %(limit)s: first those never rolled up
+-- (after the newest row, from the oldest session on a first run, until an hour ago), then the
+-- stale ones, the least recently tried first, tried again after 5 minutes.
+SELECT bucket
+  FROM generate_series(
+           coalesce((SELECT max(r.bucket) FROM test_session_rollup r) + interval '15 minutes',
+                    (SELECT test_session_rollup_bucket(min(t.test_start_time)) FROM test_session t)),
+           now() - interval '75 minutes', interval '15 minutes') AS g (bucket)
+UNION ALL
+(SELECT r.bucket
+   FROM test_session_rollup r
+  WHERE NOT r.ready AND r.rolled_at < now() - interval '5 minutes'
+  ORDER BY r.rolled_at
+  LIMIT %(limit)s)
+LIMIT %(limit)s;
+
+-- rollup_lock --
+-- The sweeper's hold on a quarter hour while it rolls it up, so writers of its sessions wait
+-- (migration 0014); false when a writer holds it now: the sweeper never waits, it skips.
+SELECT pg_try_advisory_xact_lock_shared(x'726f6c6c'::integer, -1)
+       AND pg_try_advisory_xact_lock(x'726f6c6c'::integer,
+                                     test_session_rollup_lock_key(%(bucket)s::timestamptz))
+       AS locked;
+
+-- rollup_build --
+-- A quarter hour's row: its sessions' cell (in UTC, so one), ready when every one has ended.
+WITH
+-- include: _raw_cells
+INSERT INTO test_session_rollup AS r (bucket, ready, rolled_at,
+                                      sessions, completed, abandoned, manual, timer_expired,
+                                      tab_close, admin, heartbeat_timeout, admin_terminated,
+                                      timer_abandoned, paused, reopened, reopenings, gave_up,
+                                      gave_up_focus, devices_either, devices, addresses,
+                                      durations, shares, duration_minute, duration_minute_n,
+                                      sections, sections_n, sections_gave_up, left_at,
+                                      left_minute)
+SELECT %(bucket)s::timestamptz, coalesce(c.active + c.overdue, 0) = 0, now(),
+       coalesce(c.sessions, 0), coalesce(c.completed, 0), coalesce(c.abandoned, 0),
+       coalesce(c.manual, 0), coalesce(c.timer_expired, 0), coalesce(c.tab_close, 0),
+       coalesce(c.admin, 0), coalesce(c.heartbeat_timeout, 0), coalesce(c.admin_terminated, 0),
+       coalesce(c.timer_abandoned, 0), coalesce(c.paused, 0), coalesce(c.reopened, 0),
+       coalesce(c.reopenings, 0), coalesce(c.gave_up, 0), coalesce(c.gave_up_focus, 0),
+       coalesce(c.devices_either, 0), coalesce(c.devices, 0), coalesce(c.addresses, 0),
+       -- the lists: in step, as one aggregate node feeds its aggregates the same rows
+       d.durations, d.shares, m.duration_minute, m.duration_minute_n, k.sections,
+       k.sections_n, k.sections_gave_up, l.left_at, l.left_minute
+  FROM (SELECT) AS one
+  LEFT JOIN raw_cells c ON true
+ CROSS JOIN (SELECT coalesce(array_agg(duration_s), '{}') AS durations,
+                    coalesce(array_agg(share), '{}') AS shares
+               FROM s WHERE duration_s IS NOT NULL) d
+ CROSS JOIN (SELECT coalesce(array_agg(m ORDER BY m), '{}') AS duration_minute,
+                    coalesce(array_agg(n ORDER BY m), '{}') AS duration_minute_n
+               FROM raw_minutes) m
+ CROSS JOIN (SELECT coalesce(array_agg(k ORDER BY k), '{}') AS sections,
+                    coalesce(array_agg(n ORDER BY k), '{}') AS sections_n,
+                    coalesce(array_agg(gave_up ORDER BY k), '{}') AS sections_gave_up
+               FROM raw_sections) k
+ CROSS JOIN (SELECT coalesce(array_agg(left_at), '{}') AS left_at,
+                    coalesce(array_agg(left_minute), '{}') AS left_minute
+               FROM s WHERE gave_up) l
+    ON CONFLICT (bucket) DO UPDATE
+   SET ready = excluded.ready, rolled_at = excluded.rolled_at,
+       sessions = excluded.sessions, completed = excluded.completed,
+       abandoned = excluded.abandoned, manual = excluded.manual,
+       timer_expired = excluded.timer_expired, tab_close = excluded.tab_close,
+       admin = excluded.admin, heartbeat_timeout = excluded.heartbeat_timeout,
+       admin_terminated = excluded.admin_terminated, timer_abandoned = excluded.timer_abandoned,
+       paused = excluded.paused, reopened = excluded.reopened, reopenings = excluded.reopenings,
+       gave_up = excluded.gave_up, gave_up_focus = excluded.gave_up_focus,
+       devices_either = excluded.devices_either, devices = excluded.devices,
+       addresses = excluded.addresses, durations = excluded.durations, shares = excluded.shares,
+       duration_minute = excluded.duration_minute, duration_minute_n = excluded.duration_minute_n,
+       sections = excluded.sections, sections_n = excluded.sections_n,
+       sections_gave_up = excluded.sections_gave_up, left_at = excluded.left_at,
+       left_minute = excluded.left_minute
+RETURNING r.ready;
 
 -- live --
 -- Running sessions (active and not yet due), with time left and silence; the silent first.

@@ -28,6 +28,20 @@ SET LOCAL citus.enable_unsafe_triggers = on;
 -- connection per node (Citus refuses the parallel mode there).
 SET LOCAL citus.multi_shard_modify_mode = 'sequential';
 
+-- drop_rollup --
+-- The report's rollup is not kept on a distributed database (migration 0014): its triggers would
+-- run on the shards, where the table is not. The summary then reads the sessions, on the shards.
+DO $$
+BEGIN
+    DROP TRIGGER IF EXISTS test_session_rollup_changed ON test_session;
+    DROP TRIGGER IF EXISTS test_session_rollup_added ON test_session;
+    DROP TRIGGER IF EXISTS test_session_rollup_removed ON test_session;
+    DROP TRIGGER IF EXISTS test_session_rollup_truncated ON test_session;
+    IF to_regclass('test_session_rollup') IS NOT NULL THEN
+        DELETE FROM test_session_rollup;
+    END IF;
+END $$;
+
 -- create_reference_table --
 -- A table every node holds whole (webhook_endpoint: small, read by every shard's outbox trigger).
 SELECT create_reference_table(%(table)s);
