@@ -288,3 +288,30 @@ async def test_a_change_across_many_quarter_hours_takes_one_lock_and_stales_them
     with_rollup = await summaries(store, now)
     db.execute("DELETE FROM test_session_rollup")
     assert await summaries(store, now) == with_rollup
+
+
+@pytest.mark.not_on_citus(ONE_SERVER)
+async def test_more_stale_quarter_hours_than_ranges_read_merges_the_closest(
+    store: SessionStore, db: psycopg.Connection[Any], now: datetime
+) -> None:
+    await roll_up_all(store)
+    # every seventh quarter hour stale: about thirty holes, read as at most eight ranges
+    db.execute(
+        "UPDATE test_session_rollup SET ready = false"
+        " WHERE test_session_rollup_lock_key(bucket) % 7 = 0"
+    )
+    since, until = now - timedelta(days=3), now
+    params: dict[str, Any] = {
+        **TEST_POLICY.sql_params(),
+        "since": since,
+        "until": until,
+        "tz": "UTC",
+        "bucket": 5,
+    }
+    parts = db.execute(analytics.Q["summary_parts"], params).fetchall()
+    assert len(parts) > analytics.MAX_RAW_PARTS
+    analytics.summary_statement([(lo, hi) for lo, hi in parts], params)
+    assert len(params["part_lo"]) == analytics.MAX_RAW_PARTS
+    with_rollup = await summaries(store, now)
+    db.execute("DELETE FROM test_session_rollup")
+    assert await summaries(store, now) == with_rollup
