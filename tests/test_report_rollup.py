@@ -136,6 +136,11 @@ async def test_a_rolled_up_summary_is_the_summary_of_its_sessions(
     # every quarter hour from the first session to 75 minutes ago, the running ones' not yet
     assert set(kept) == {min(kept) + timedelta(minutes=15) * k for k in range(len(kept))}
     assert max(kept) + timedelta(minutes=15) <= now - timedelta(hours=1)
+    # a transaction per quarter hour (each its own now()), not one holding every lock
+    (distinct,) = db.execute(
+        "SELECT count(DISTINCT rolled_at) FROM test_session_rollup"
+    ).fetchone() or (0,)
+    assert distinct == len(kept)
     stale = {b for b, ready in kept.items() if not ready}
     assert stale == {bucket_of(db, "r487")}  # the rows stored active, whose time is over
     assert await summaries(store, now) == from_sessions

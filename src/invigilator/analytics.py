@@ -36,7 +36,7 @@ from typing_extensions import TypedDict
 
 from invigilator import sql
 from invigilator.config import Settings
-from invigilator.db.connector import translate_errors
+from invigilator.db.connector import autocommit, translate_errors
 from invigilator.domain import InvalidInput, Policy
 
 Q = sql.analytics_queries()
@@ -329,29 +329,30 @@ async def roll_up(
         raise ValueError("limit must be at least 1")
     policy = policy or Settings().policy()
     rolled = ready = 0
-    with translate_errors():
-        async with pool.connection() as conn:
-            cur = await conn.execute(Q["rollup_due"], {"limit": limit})
-            buckets = [row[0] for row in await cur.fetchall()]
-            for bucket in buckets:
-                async with conn.transaction():
-                    # UTC: a quarter hour is one cell, and the stored times render alike.
-                    await conn.execute("SET LOCAL TimeZone TO 'UTC'")
-                    cur = await conn.execute(Q["rollup_lock"], {"bucket": bucket})
-                    locked = await cur.fetchone()
-                    if not (locked and locked[0]):
-                        # A writer is changing its sessions. Stop here, for the next pass:
-                        # the new quarter hours are rolled up in order, none left behind.
-                        break
-                    params = {**policy.sql_params(), "bucket": bucket, "tz": "UTC"}
-                    statement = with_raw_parts(
-                        Q["rollup_build"], [(bucket, bucket + ROLLUP_BUCKET)], params
-                    )
-                    # Never prepared: a plan for this quarter hour's bounds, not a generic one.
-                    cur = await conn.execute(statement, params, prepare=False)
-                    row = await cur.fetchone()
-                rolled += 1
-                ready += bool(row and row[0])
+    # autocommit: each `conn.transaction()` below is a transaction of its own (not a savepoint
+    # of one long transaction holding every quarter hour's lock until the last).
+    async with autocommit(pool) as conn:
+        cur = await conn.execute(Q["rollup_due"], {"limit": limit})
+        buckets = [row[0] for row in await cur.fetchall()]
+        for bucket in buckets:
+            async with conn.transaction():
+                # UTC: a quarter hour is one cell, and the stored times render alike.
+                await conn.execute("SET LOCAL TimeZone TO 'UTC'")
+                cur = await conn.execute(Q["rollup_lock"], {"bucket": bucket})
+                locked = await cur.fetchone()
+                if not (locked and locked[0]):
+                    # A writer is changing its sessions. Stop here, for the next pass:
+                    # the new quarter hours are rolled up in order, none left behind.
+                    break
+                params = {**policy.sql_params(), "bucket": bucket, "tz": "UTC"}
+                statement = with_raw_parts(
+                    Q["rollup_build"], [(bucket, bucket + ROLLUP_BUCKET)], params
+                )
+                # Never prepared: a plan for this quarter hour's bounds, not a generic one.
+                cur = await conn.execute(statement, params, prepare=False)
+                row = await cur.fetchone()
+            rolled += 1
+            ready += bool(row and row[0])
     return RolledUp(rolled, ready)
 
 
