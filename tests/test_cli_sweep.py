@@ -75,6 +75,28 @@ def test_sweep_once_prints_each_session_it_finalized_and_a_total(
     assert inconsistencies(db) == []
 
 
+@pytest.mark.not_on_citus("a distributed database keeps no rollup (docs/scaling.md)")
+def test_sweep_once_also_rolls_up_ended_sessions_for_the_report(
+    db_url: str, db: psycopg.Connection[Any]
+) -> None:
+    db.execute(
+        "INSERT INTO candidate (candidate_id) VALUES ('old-1');"
+        " INSERT INTO test_session (candidate_id, test_start_time, status, completion_method,"
+        " completed_at) VALUES ('old-1', now() - interval '3 hours', 'completed', 'manual',"
+        " now() - interval '2 hours')"
+    )
+    result = run_cli("sweep", "--once", db_url=db_url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["finalized 0 session(s)"]
+    assert re.search(r"rolled up \d+ quarter hour\(s\) of ended sessions", result.stderr)
+    row = db.execute(
+        "SELECT r.ready, r.sessions, r.completed FROM test_session_rollup r JOIN test_session t"
+        " ON r.bucket = test_session_rollup_bucket(t.test_start_time)"
+        " WHERE t.candidate_id = 'old-1'"
+    ).fetchone()
+    assert row == (True, 1, 1)
+
+
 def test_sweep_never_creates_the_schema_on_a_database_it_was_pointed_at(
     empty_db_url: str,
 ) -> None:

@@ -17,7 +17,7 @@ from invigilator.cli.options import DatabaseUrl
 from invigilator.config import Settings
 from invigilator.db.selection import Database
 from invigilator.domain import Ended
-from invigilator.sweeper import Sweeper, count_by_method, describe, sweep_once
+from invigilator.sweeper import ROLLUP_PER_PASS, Sweeper, count_by_method, describe, sweep_once
 
 
 @app.command("sweep", short_help="End every session that is due, exactly once.")
@@ -87,6 +87,14 @@ async def _sweep(
                 out.print(f"{total}: {describe(counts)}" if ended else total, highlight=False)
                 if stop.is_set():
                     err.print("stopped by a signal: the pass may be incomplete")
+                else:  # a pass's share of the report's rollup, as the running sweeper's
+                    rolled = await sessions.roll_up(ROLLUP_PER_PASS)
+                    if rolled.buckets:
+                        err.print(
+                            f"rolled up {rolled.buckets} quarter hour(s) of ended sessions "
+                            "for the report",
+                            highlight=False,
+                        )
             else:
                 await Sweeper(
                     sessions,
