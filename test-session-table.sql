@@ -2574,14 +2574,20 @@ CREATE TABLE IF NOT EXISTS test_session_rollup (
     devices_either integer NOT NULL,
     devices integer NOT NULL,
     addresses integer NOT NULL,
-    -- Each completed session's duration in seconds, and its share of the time allowed (NULL
-    -- when none was allowed), in the same order: the exact percentiles are taken over these.
+    -- Each completed session's duration in seconds, ascending; the same by whole minutes, two
+    -- lists in step with it (the minute, how many: a minute's durations are one slice of the
+    -- list); and their exact sum. The duration histogram adds up the minutes at any bucket
+    -- width; the median and p90 find their bin in the minutes and read only that slice.
     durations double precision[] NOT NULL,
-    shares double precision[] NOT NULL,
-    -- The same durations by whole minutes, two lists in step (the minute, how many): what the
-    -- duration histogram adds up, at any bucket width, without the million values.
     duration_minute integer[] NOT NULL,
     duration_minute_n integer[] NOT NULL,
+    duration_total numeric NOT NULL,
+    -- The same for each completed session's share of its time allowed (where any was), by
+    -- hundredths.
+    shares double precision[] NOT NULL,
+    share_bin integer[] NOT NULL,
+    share_bin_n integer[] NOT NULL,
+    share_total numeric NOT NULL,
     -- Sessions by sections completed, three lists in step: how many sections, how many
     -- sessions completed that many, and how many of those gave up.
     sections integer[] NOT NULL,
@@ -2717,7 +2723,7 @@ BEGIN
         FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_truncated();
 END $$
 $sql$;
-INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (14, 'report_rollup', 'bd7c54e6ee2279bad3ca52f8e9977c2f0cbe8798446506c7db63d135e934815e') ON CONFLICT (version) DO NOTHING;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (14, 'report_rollup', '855a6811b61dda49b7e73030b80058007c025d9331cc064fd0aac4073a1cff29') ON CONFLICT (version) DO NOTHING;
 END IF;
 END
 $invigilator$;

@@ -320,3 +320,64 @@ async def test_more_stale_quarter_hours_than_ranges_read_merges_the_closest(
     with_rollup = await summaries(store, now)
     db.execute("DELETE FROM test_session_rollup")
     assert await summaries(store, now) == with_rollup
+
+
+@pytest.mark.not_on_citus(ONE_SERVER)
+@pytest.mark.parametrize("sessions", [1, 2, 7, 301])
+async def test_the_median_and_p90_are_percentile_cont_over_every_completed_session(
+    store: SessionStore, db: psycopg.Connection[Any], sessions: int
+) -> None:
+    # durations on and beside the minute bins' edges, repeated values, shares on twentieths
+    db.execute(
+        "INSERT INTO candidate (candidate_id) SELECT 'p' || i FROM generate_series(1, %(n)s) i",
+        {"n": sessions},
+    )
+    db.execute(
+        """
+        INSERT INTO test_session (candidate_id, test_start_time, test_duration_minutes, status,
+                                  completion_method, completed_at, paused_seconds)
+        SELECT 'p' || i, s.start, 20 + i %% 3, 'completed', 'manual',
+               s.start + (ARRAY[60, 60, 59.999999, 120, 600, 1200, 61.5, 0.25, 1260,
+                                 3 * i])[1 + i %% 10] * interval '1 second',
+               CASE WHEN i %% 11 = 0 THEN 30 ELSE 0 END
+          FROM generate_series(1, %(n)s) i,
+               LATERAL (SELECT date_trunc('hour', now()) - interval '30 hours'
+                               + i * interval '2 minutes' AS start) s
+        """,
+        {"n": sessions},
+    )
+    expected = db.execute(
+        """
+        SELECT count(*), round(dp[1]::numeric, 1), round(dp[2]::numeric, 1), round(dm, 1),
+               round(sp[1]::numeric, 4), round(sp[2]::numeric, 4), round(sm, 4)
+          FROM (
+        SELECT percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY d) AS dp,
+               percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY d / nullif(a, 0)) AS sp,
+               avg(d::numeric) AS dm, avg((d / nullif(a, 0))::numeric) AS sm
+          FROM (SELECT greatest(date_part('epoch', completed_at - test_start_time)
+                                - paused_seconds, 0) AS d,
+                       date_part('epoch', deadline - test_start_time) - paused_seconds AS a
+                  FROM test_session) x) y, test_session
+         GROUP BY dp, sp, dm, sm
+        """
+    ).fetchone()
+    assert expected is not None
+
+    def stats(summary: dict[str, Any]) -> tuple[Any, ...]:
+        d, s = summary["duration_seconds"], summary["duration_share"]
+        return d["count"], d["median"], d["p90"], d["mean"], s["median"], s["p90"], s["mean"]
+
+    want = tuple(float(x) for x in expected)  # rounded as the report rounds (numeric)
+    now = db.execute("SELECT now()").fetchone()[0]  # type: ignore[index]
+    window = (now - timedelta(days=3), now)
+    read_one_by_one = await analytics.summary(store.pool, *window, TEST_POLICY)
+    assert stats(read_one_by_one) == want
+    await roll_up_all(store)
+    assert (
+        db.execute("SELECT count(*) FROM test_session_rollup WHERE sessions > 0").fetchone()[
+            0  # type: ignore[index]
+        ]
+        > 0
+    )
+    rolled = await analytics.summary(store.pool, *window, TEST_POLICY)
+    assert without_clock(rolled) == without_clock(read_one_by_one)

@@ -167,9 +167,14 @@ stored AS (
            (count(*) FILTER (WHERE gave_up))::integer AS gave_up
       FROM s GROUP BY 1
 ), raw_minutes AS (
-    -- Completed sessions by whole minutes of duration.
+    -- Completed sessions by whole minutes of duration (the histogram, and the bins the exact
+    -- percentiles are looked up in).
     SELECT floor(duration_s / 60)::integer AS m, count(*)::integer AS n
       FROM s WHERE duration_s IS NOT NULL GROUP BY 1
+), raw_share_bins AS (
+    -- Completed sessions by hundredths of the share of their time they used.
+    SELECT floor(share * 100)::integer AS m, count(*)::integer AS n
+      FROM s WHERE share IS NOT NULL GROUP BY 1
 )
 
 -- _rolled --
@@ -228,12 +233,84 @@ WITH rolled AS (
            0, reopened, reopenings, gave_up, gave_up_focus, devices_either, devices,
            addresses
       FROM rolled
-), durations AS (
-    -- Each completed session's duration and share of its time: the exact statistics.
-    SELECT duration_s, share FROM s WHERE duration_s IS NOT NULL
+), bins AS (
+    -- The two lists the median and p90 are taken over, as histograms: durations (l = 0) by whole
+    -- minute, shares (l = 1) by hundredths; each rolled-up row's list is sorted and its bins in
+    -- step with it, so a bin's values are one slice of the list.
+    SELECT l, m, sum(n)::bigint AS n,
+           (sum(sum(n)) OVER (PARTITION BY l ORDER BY m) - sum(n))::bigint AS before
+      FROM (SELECT 0 AS l, m, n FROM raw_minutes
+            UNION ALL
+            SELECT 0, u.m, u.n
+              FROM rolled r
+             CROSS JOIN LATERAL unnest(r.duration_minute, r.duration_minute_n) AS u (m, n)
+            UNION ALL
+            SELECT 1, m, n FROM raw_share_bins
+            UNION ALL
+            SELECT 1, u.m, u.n
+              FROM rolled r CROSS JOIN LATERAL unnest(r.share_bin, r.share_bin_n) AS u (m, n)) x
+     GROUP BY l, m
+), ranks AS (
+    -- percentile_cont's rows for each fraction, as PostgreSQL takes them: the value at
+    -- floor(f (N - 1)) and at ceil(f (N - 1)) (from 0), and the proportion between them.
+    SELECT c.l, f.f, p.pos, floor(p.pos)::bigint AS k0, ceil(p.pos)::bigint AS k1
+      FROM (SELECT l, sum(n) AS total FROM bins GROUP BY l) c
+     CROSS JOIN unnest(ARRAY[0.5, 0.9]::float8[]) WITH ORDINALITY AS f (f, i)
+     CROSS JOIN LATERAL (SELECT f.f * (c.total - 1)::float8 AS pos) p
+), located AS (
+    -- Each such row: its bin, and its place among the bin's values.
+    SELECT DISTINCT w.l, w.k, b.m, w.k - b.before AS idx
+      FROM (SELECT l, k0 AS k FROM ranks UNION SELECT l, k1 FROM ranks) w
+      JOIN bins b ON b.l = w.l AND w.k >= b.before AND w.k < b.before + b.n
+), candidates AS (
+    -- The values of the bins those rows fall in (a few of the million): the sessions read one
+    -- by one, and the slice of each rolled-up row's sorted list.
+    SELECT b.l, b.m, s.duration_s AS v
+      FROM (SELECT DISTINCT l, m FROM located) b
+      JOIN s ON b.l = 0 AND s.duration_s IS NOT NULL AND floor(s.duration_s / 60)::integer = b.m
     UNION ALL
-    SELECT u.duration_s, u.share
-      FROM rolled r CROSS JOIN LATERAL unnest(r.durations, r.shares) AS u (duration_s, share)
+    SELECT b.l, b.m, s.share
+      FROM (SELECT DISTINCT l, m FROM located) b
+      JOIN s ON b.l = 1 AND s.share IS NOT NULL AND floor(s.share * 100)::integer = b.m
+    UNION ALL
+    SELECT b.l, b.m, u.v
+      FROM (SELECT DISTINCT l, m FROM located) b
+     CROSS JOIN rolled r
+     CROSS JOIN LATERAL (
+           SELECT CASE b.l WHEN 0 THEN r.durations ELSE r.shares END AS list,
+                  CASE b.l WHEN 0 THEN r.duration_minute_n ELSE r.share_bin_n END AS counts,
+                  array_position(CASE b.l WHEN 0 THEN r.duration_minute ELSE r.share_bin END,
+                                 b.m) AS i) x
+     CROSS JOIN LATERAL (
+           SELECT coalesce((SELECT sum(c) FROM unnest(x.counts[1:x.i - 1]) c), 0)::integer
+                      AS skip,
+                  x.counts[x.i] AS take) o
+     CROSS JOIN LATERAL unnest(x.list[o.skip + 1:o.skip + o.take]) AS u (v)
+     WHERE x.i IS NOT NULL
+), valued AS (
+    -- The bins' values in order, once, and the ones at the rows looked for.
+    SELECT lo.l, lo.k, c.v
+      FROM (SELECT l, m, v, row_number() OVER (PARTITION BY l, m ORDER BY v) - 1 AS idx
+              FROM candidates) c
+      JOIN located lo ON lo.l = c.l AND lo.m = c.m AND lo.idx = c.idx
+), percentiles AS (
+    SELECT r.l,
+           array_agg(CASE WHEN r.k0 = r.k1 THEN a.v ELSE a.v + ((r.pos - r.k0) * (b.v - a.v)) END
+                     ORDER BY r.f) AS p
+      FROM ranks r
+      JOIN valued a ON a.l = r.l AND a.k = r.k0
+      JOIN valued b ON b.l = r.l AND b.k = r.k1
+     GROUP BY r.l
+), means AS (
+    -- Exact sums (numeric), so the mean does not depend on the order they are added in.
+    SELECT sum(dn) AS duration_n, sum(dt) / nullif(sum(dn), 0) AS duration_mean,
+           sum(st) / nullif(sum(sn), 0) AS share_mean
+      FROM (SELECT count(duration_s) AS dn, sum(duration_s::numeric) AS dt,
+                   count(share) AS sn, sum(share::numeric) AS st
+              FROM s
+            UNION ALL
+            SELECT cardinality(r.durations), r.duration_total, cardinality(r.shares), r.share_total
+              FROM rolled r) x
 ), leavers AS (
     SELECT left_at, left_minute FROM s WHERE gave_up
     UNION ALL
@@ -282,22 +359,14 @@ WITH rolled AS (
            coalesce(sum(addresses), 0)::bigint AS addresses
       FROM cells
 ), totals AS (
-    SELECT k.*, d.duration_n, d.duration_mean, d.duration_pct, d.share_mean, d.share_pct
-      FROM counts k,
-           (SELECT count(duration_s) AS duration_n,
-                   avg(duration_s) AS duration_mean,
-                   percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY duration_s) AS duration_pct,
-                   avg(share) AS share_mean,
-                   percentile_cont(ARRAY[0.5, 0.9]) WITHIN GROUP (ORDER BY share) AS share_pct
-              FROM durations) d
+    SELECT k.*, coalesce(d.duration_n, 0) AS duration_n, d.duration_mean,
+           (SELECT p FROM percentiles WHERE l = 0) AS duration_pct, d.share_mean,
+           (SELECT p FROM percentiles WHERE l = 1) AS share_pct
+      FROM counts k, means d
 ), by_duration AS (
     -- floor(seconds / (60 w)) is floor(floor(seconds / 60) / w): the buckets from the minutes.
     SELECT m / %(bucket)s::int AS b, sum(n) AS n
-      FROM (SELECT m, n FROM raw_minutes
-            UNION ALL
-            SELECT u.m, u.n
-              FROM rolled r
-             CROSS JOIN LATERAL unnest(r.duration_minute, r.duration_minute_n) AS u (m, n)) x
+      FROM bins WHERE l = 0
      GROUP BY 1
 ), duration_histogram AS (
     SELECT coalesce(json_agg(json_build_object(
@@ -469,9 +538,10 @@ INSERT INTO test_session_rollup AS r (bucket, ready, rolled_at,
                                       tab_close, admin, heartbeat_timeout, admin_terminated,
                                       timer_abandoned, paused, reopened, reopenings, gave_up,
                                       gave_up_focus, devices_either, devices, addresses,
-                                      durations, shares, duration_minute, duration_minute_n,
-                                      sections, sections_n, sections_gave_up, left_at,
-                                      left_minute)
+                                      durations, duration_minute, duration_minute_n,
+                                      duration_total, shares, share_bin, share_bin_n,
+                                      share_total, sections, sections_n, sections_gave_up,
+                                      left_at, left_minute)
 SELECT %(bucket)s::timestamptz, coalesce(c.active + c.overdue, 0) = 0, now(),
        coalesce(c.sessions, 0), coalesce(c.completed, 0), coalesce(c.abandoned, 0),
        coalesce(c.manual, 0), coalesce(c.timer_expired, 0), coalesce(c.tab_close, 0),
@@ -480,13 +550,20 @@ SELECT %(bucket)s::timestamptz, coalesce(c.active + c.overdue, 0) = 0, now(),
        coalesce(c.reopenings, 0), coalesce(c.gave_up, 0), coalesce(c.gave_up_focus, 0),
        coalesce(c.devices_either, 0), coalesce(c.devices, 0), coalesce(c.addresses, 0),
        -- the lists: in step, as one aggregate node feeds its aggregates the same rows
-       d.durations, d.shares, m.duration_minute, m.duration_minute_n, k.sections,
-       k.sections_n, k.sections_gave_up, l.left_at, l.left_minute
+       d.durations, m.duration_minute, m.duration_minute_n, d.duration_total, h.shares,
+       b.share_bin, b.share_bin_n, h.share_total, k.sections, k.sections_n, k.sections_gave_up,
+       l.left_at, l.left_minute
   FROM (SELECT) AS one
   LEFT JOIN raw_cells c ON true
- CROSS JOIN (SELECT coalesce(array_agg(duration_s), '{}') AS durations,
-                    coalesce(array_agg(share), '{}') AS shares
+ CROSS JOIN (SELECT coalesce(array_agg(duration_s ORDER BY duration_s), '{}') AS durations,
+                    coalesce(sum(duration_s::numeric), 0) AS duration_total
                FROM s WHERE duration_s IS NOT NULL) d
+ CROSS JOIN (SELECT coalesce(array_agg(share ORDER BY share), '{}') AS shares,
+                    coalesce(sum(share::numeric), 0) AS share_total
+               FROM s WHERE share IS NOT NULL) h
+ CROSS JOIN (SELECT coalesce(array_agg(m ORDER BY m), '{}') AS share_bin,
+                    coalesce(array_agg(n ORDER BY m), '{}') AS share_bin_n
+               FROM raw_share_bins) b
  CROSS JOIN (SELECT coalesce(array_agg(m ORDER BY m), '{}') AS duration_minute,
                     coalesce(array_agg(n ORDER BY m), '{}') AS duration_minute_n
                FROM raw_minutes) m
@@ -507,8 +584,11 @@ SELECT %(bucket)s::timestamptz, coalesce(c.active + c.overdue, 0) = 0, now(),
        paused = excluded.paused, reopened = excluded.reopened, reopenings = excluded.reopenings,
        gave_up = excluded.gave_up, gave_up_focus = excluded.gave_up_focus,
        devices_either = excluded.devices_either, devices = excluded.devices,
-       addresses = excluded.addresses, durations = excluded.durations, shares = excluded.shares,
+       addresses = excluded.addresses, durations = excluded.durations,
        duration_minute = excluded.duration_minute, duration_minute_n = excluded.duration_minute_n,
+       duration_total = excluded.duration_total, shares = excluded.shares,
+       share_bin = excluded.share_bin, share_bin_n = excluded.share_bin_n,
+       share_total = excluded.share_total,
        sections = excluded.sections, sections_n = excluded.sections_n,
        sections_gave_up = excluded.sections_gave_up, left_at = excluded.left_at,
        left_minute = excluded.left_minute
