@@ -2658,12 +2658,13 @@ BEGIN
 END $$
 $sql$;
 
+-- Sessions added or removed by a statement: both triggers name their transition table `touched`.
 EXECUTE $sql$
-CREATE OR REPLACE FUNCTION test_session_rollup_added() RETURNS trigger
+CREATE OR REPLACE FUNCTION test_session_rollup_rows() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM test_session_rollup_stale(ARRAY(SELECT test_session_rollup_bucket(a.test_start_time)
-                                              FROM added a));
+    PERFORM test_session_rollup_stale(ARRAY(SELECT test_session_rollup_bucket(r.test_start_time)
+                                              FROM touched r));
     RETURN NULL;
 END $$
 $sql$;
@@ -2673,16 +2674,6 @@ CREATE OR REPLACE FUNCTION test_session_rollup_truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     DELETE FROM test_session_rollup;
-    RETURN NULL;
-END $$
-$sql$;
-
-EXECUTE $sql$
-CREATE OR REPLACE FUNCTION test_session_rollup_removed() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM test_session_rollup_stale(ARRAY(SELECT test_session_rollup_bucket(r.test_start_time)
-                                              FROM removed r));
     RETURN NULL;
 END $$
 $sql$;
@@ -2713,17 +2704,17 @@ BEGIN
     -- Sessions added (once per statement: a bulk load pays once), removed (erasure, retention)
     -- or all truncated.
     CREATE OR REPLACE TRIGGER test_session_rollup_added
-        AFTER INSERT ON test_session REFERENCING NEW TABLE AS added
-        FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_added();
+        AFTER INSERT ON test_session REFERENCING NEW TABLE AS touched
+        FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_rows();
     CREATE OR REPLACE TRIGGER test_session_rollup_removed
-        AFTER DELETE ON test_session REFERENCING OLD TABLE AS removed
-        FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_removed();
+        AFTER DELETE ON test_session REFERENCING OLD TABLE AS touched
+        FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_rows();
     CREATE OR REPLACE TRIGGER test_session_rollup_truncated
         AFTER TRUNCATE ON test_session
         FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_truncated();
 END $$
 $sql$;
-INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (14, 'report_rollup', '855a6811b61dda49b7e73030b80058007c025d9331cc064fd0aac4073a1cff29') ON CONFLICT (version) DO NOTHING;
+INSERT INTO invigilator_schema_migration (version, name, checksum) VALUES (14, 'report_rollup', '8862aced67f0b3450edc014bf482ea609d07e18f5407431c14d9d2b917390d58') ON CONFLICT (version) DO NOTHING;
 END IF;
 END
 $invigilator$;

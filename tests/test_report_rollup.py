@@ -99,6 +99,17 @@ async def roll_up_all(store: SessionStore) -> int:
             return rolled
 
 
+async def assert_as_if_nothing_were_rolled_up(
+    store: SessionStore, db: psycopg.Connection[Any], now: datetime
+) -> list[dict[str, Any]]:
+    """The summaries as they are equal the summaries with the rollup emptied (every session
+    read one by one); returns them."""
+    with_rollup = await summaries(store, now)
+    db.execute("DELETE FROM test_session_rollup")
+    assert await summaries(store, now) == with_rollup
+    return with_rollup
+
+
 def rows(db: psycopg.Connection[Any]) -> dict[datetime, bool]:
     return dict(db.execute("SELECT bucket, ready FROM test_session_rollup").fetchall())
 
@@ -182,9 +193,7 @@ async def test_a_change_to_a_rolled_up_session_makes_its_row_stale(
     assert sum(kept.values()) == ready_before - len(set(changed.values()))
 
     # the summary reads the sessions of the stale rows: as if nothing were rolled up
-    with_rollup = await summaries(store, now)
-    db.execute("DELETE FROM test_session_rollup")
-    assert await summaries(store, now) == with_rollup
+    with_rollup = await assert_as_if_nothing_were_rolled_up(store, db, now)
     await roll_up_all(store)
     assert await summaries(store, now) == with_rollup
     # the reopened session is stored active: its quarter hour waits; the others are ready again
@@ -264,9 +273,7 @@ async def test_the_roll_up_never_takes_a_change_in_flight(
         writer.commit()
     done = await analytics.roll_up(store.pool, TEST_POLICY, limit=100)
     assert done.buckets == 1 and rows(db)[bucket]
-    with_rollup = await summaries(store, now)
-    db.execute("DELETE FROM test_session_rollup")
-    assert await summaries(store, now) == with_rollup
+    await assert_as_if_nothing_were_rolled_up(store, db, now)
 
 
 @pytest.mark.not_on_citus(ONE_SERVER)
@@ -290,9 +297,7 @@ async def test_a_change_across_many_quarter_hours_takes_one_lock_and_stales_them
         assert locks <= 17  # at most 16 quarter hours, then the one lock over all
     assert not any(rows(db)[b] for b in ready)
     await roll_up_all(store)
-    with_rollup = await summaries(store, now)
-    db.execute("DELETE FROM test_session_rollup")
-    assert await summaries(store, now) == with_rollup
+    await assert_as_if_nothing_were_rolled_up(store, db, now)
 
 
 @pytest.mark.not_on_citus(ONE_SERVER)
@@ -317,9 +322,7 @@ async def test_more_stale_quarter_hours_than_ranges_read_merges_the_closest(
     assert len(parts) > analytics.MAX_RAW_PARTS
     analytics.summary_statement([(lo, hi) for lo, hi in parts], params)
     assert len(params["part_lo"]) == analytics.MAX_RAW_PARTS
-    with_rollup = await summaries(store, now)
-    db.execute("DELETE FROM test_session_rollup")
-    assert await summaries(store, now) == with_rollup
+    await assert_as_if_nothing_were_rolled_up(store, db, now)
 
 
 @pytest.mark.not_on_citus(ONE_SERVER)

@@ -15,11 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from psycopg.rows import dict_row
-
 from invigilator import analytics
 from invigilator import bulk as bulk_actions
-from invigilator.db.connector import citus_distributed
 from invigilator.domain import (
     DEFAULT_DURATION_MINUTES,
     MAX_ACCOMMODATION_MINUTES,
@@ -79,7 +76,6 @@ class Sessions:
         self.limits = limits
         self.heartbeats = heartbeats
         self.privacy = PrivacyStore(store.pool)
-        self._distributed: bool | None = None  # known at the first roll_up
 
     @property
     def policy(self) -> Policy:
@@ -435,11 +431,7 @@ class Sessions:
         """The report's rollup (migration 0014): up to `limit` quarter hours of ended sessions
         kept as one row each, for the summary to read instead of their sessions. Nothing on a
         distributed database, which keeps no rollup."""
-        if self._distributed is None:
-            pool = self.store.pool
-            async with pool.connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-                self._distributed = await citus_distributed(cur)
-        if self._distributed:
+        if await self.store.distributed():
             return analytics.RolledUp(0, 0)
         return await analytics.roll_up(self.store.pool, self.policy, limit=limit)
 

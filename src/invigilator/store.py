@@ -98,6 +98,13 @@ class SessionStore:
             self._distributed = await citus_distributed(cur)
         return self._distributed
 
+    async def distributed(self) -> bool:
+        """Whether test_session is sharded (Citus), learnt once."""
+        if self._distributed is None:
+            async with transaction(self.pool) as cur:
+                return await self._is_distributed(cur)
+        return self._distributed
+
     async def _act_on_workers(self, cur: Cursor, actor: str, reason: str | None = None) -> None:
         """On Citus, who acts (and why) for the timeline trigger, which runs on the shard:
         invigilator_act's settings stay on the coordinator (Citus runs a function in FROM

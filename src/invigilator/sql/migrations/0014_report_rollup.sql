@@ -120,11 +120,12 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE OR REPLACE FUNCTION test_session_rollup_added() RETURNS trigger
+-- Sessions added or removed by a statement: both triggers name their transition table `touched`.
+CREATE OR REPLACE FUNCTION test_session_rollup_rows() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM test_session_rollup_stale(ARRAY(SELECT test_session_rollup_bucket(a.test_start_time)
-                                              FROM added a));
+    PERFORM test_session_rollup_stale(ARRAY(SELECT test_session_rollup_bucket(r.test_start_time)
+                                              FROM touched r));
     RETURN NULL;
 END $$;
 
@@ -132,14 +133,6 @@ CREATE OR REPLACE FUNCTION test_session_rollup_truncated() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
     DELETE FROM test_session_rollup;
-    RETURN NULL;
-END $$;
-
-CREATE OR REPLACE FUNCTION test_session_rollup_removed() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM test_session_rollup_stale(ARRAY(SELECT test_session_rollup_bucket(r.test_start_time)
-                                              FROM removed r));
     RETURN NULL;
 END $$;
 
@@ -168,11 +161,11 @@ BEGIN
     -- Sessions added (once per statement: a bulk load pays once), removed (erasure, retention)
     -- or all truncated.
     CREATE OR REPLACE TRIGGER test_session_rollup_added
-        AFTER INSERT ON test_session REFERENCING NEW TABLE AS added
-        FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_added();
+        AFTER INSERT ON test_session REFERENCING NEW TABLE AS touched
+        FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_rows();
     CREATE OR REPLACE TRIGGER test_session_rollup_removed
-        AFTER DELETE ON test_session REFERENCING OLD TABLE AS removed
-        FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_removed();
+        AFTER DELETE ON test_session REFERENCING OLD TABLE AS touched
+        FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_rows();
     CREATE OR REPLACE TRIGGER test_session_rollup_truncated
         AFTER TRUNCATE ON test_session
         FOR EACH STATEMENT EXECUTE FUNCTION test_session_rollup_truncated();
